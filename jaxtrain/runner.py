@@ -74,7 +74,7 @@ def build(config: ml_collections.ConfigDict,
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
   model = models.get_model(config.model.name, num_classes=train_source.num_classes,
                            dtype=policy.compute_dtype, **kwargs)
-  tx, lr_schedule = optim.build(config.optimizer, total)
+  tx, lr_schedule = optim.build(config.optimizer, total, config.train.batch_size)
   return Experiment(config, mesh, model, tx, lr_schedule, train_source, eval_source,
                     total, eval_batch)
 

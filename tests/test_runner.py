@@ -105,3 +105,11 @@ def test_profile_steps_write_a_trace(tmp_path):
   traces = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "profile")
             for f in fs if f.endswith((".xplane.pb", ".trace.json.gz"))]
   assert traces, list(os.walk(tmp_path))
+
+
+def test_linear_lr_scaling_reads_the_train_batch_size():
+  # Goyal et al. 2017: peak LR = base LR x batch / base batch (0.05 x 32/8).
+  c = _config()
+  c.optimizer.lr_scaling, c.optimizer.base_batch_size = "linear", 8
+  experiment = runner.build(c, jax.devices()[:1])
+  np.testing.assert_allclose(float(experiment.lr_schedule(0)), 0.05 * 32 / 8, rtol=1e-6)
