@@ -41,6 +41,7 @@ Batch-norm running statistics (``batch_stats``) carry no names: they are replica
 Activation constraints apply only to the batch axis and are no-ops unless rules are
 active (``nn.logical_axis_rules``) under a mesh.
 """
+from jaxtrain.models.cifar import CifarResNet, WideResNet
 from jaxtrain.models.cnn import CNN
 from jaxtrain.models.mlp import MLP
 from jaxtrain.models.registry import (
@@ -50,7 +51,7 @@ from jaxtrain.models.resnet import (
 from jaxtrain.models.vit import ViT  # noqa: F401  (registers "vit")
 
 __all__ = [
-    "CNN", "MLP", "ResNet", "ResNet18", "ResNet34", "ResNet50", "ResNet101",
+    "CifarResNet", "CNN", "MLP", "ResNet", "ResNet18", "ResNet34", "ResNet50", "ResNet101",
     "ResNet152", "REQUIRED", "check_model_config", "get_model", "model_kwargs",
-    "model_names", "register",
+    "model_names", "register", "WideResNet",
 ]
