@@ -1,5 +1,17 @@
 """jaxtrain.optim: Optax optimizers, schedules and the config -> optimizer builder.
 
+Every optimizer is an Optax `GradientTransformation` (it drops into `optax.chain`,
+`optax.masked`, `optax.inject_hyperparams`, `optax.MultiSteps`). Modules:
+
+  sign, sign_decay      AddSign / PowerSign and their sign-decay functions
+  lars                  LARS in the TPU / MLPerf form
+  lr_schedules          learning-rate schedules Optax lacks, warmup wrapper
+  lr_scaling            batch-size learning-rate scaling rules
+  masks                 regex masks over parameter paths and the transforms using
+                        them (LR multipliers, L1/L2, parameter EMA)
+  schedule_config       config.optimizer.schedule -> schedule
+  build                 config.optimizer -> (tx, lr_schedule)
+
 Usable without the rest of jaxtrain: it imports only `jaxtrain.errors`.
 """
 from jaxtrain.optim.build import build
@@ -9,6 +21,14 @@ from jaxtrain.optim.build import OPTIMIZERS
 from jaxtrain.optim.lars import exclude_ndim_le_1
 from jaxtrain.optim.lars import lars
 from jaxtrain.optim.lars import LarsState
+from jaxtrain.optim.lr_scaling import scale_lr
+from jaxtrain.optim.lr_schedules import inverse_time_decay_schedule
+from jaxtrain.optim.lr_schedules import linear_cosine_decay_schedule
+from jaxtrain.optim.lr_schedules import mlperf_polynomial_schedule
+from jaxtrain.optim.lr_schedules import noisy_linear_cosine_decay_schedule
+from jaxtrain.optim.lr_schedules import sgdr_warm_restarts_schedule
+from jaxtrain.optim.lr_schedules import warmup_polynomial_schedule
+from jaxtrain.optim.lr_schedules import with_linear_warmup
 from jaxtrain.optim.masks import add_l1_l2
 from jaxtrain.optim.masks import ema_params
 from jaxtrain.optim.masks import param_paths
@@ -16,23 +36,15 @@ from jaxtrain.optim.masks import ParamsEmaState
 from jaxtrain.optim.masks import regex_mask
 from jaxtrain.optim.masks import scale_by_lr_multipliers
 from jaxtrain.optim.masks import track_params_ema
-from jaxtrain.optim.schedules import inverse_time_decay_schedule
-from jaxtrain.optim.schedules import linear_cosine_decay_schedule
-from jaxtrain.optim.schedules import mlperf_polynomial_schedule
-from jaxtrain.optim.schedules import noisy_linear_cosine_decay_schedule
-from jaxtrain.optim.schedules import scale_lr
-from jaxtrain.optim.schedules import SCHEDULES
-from jaxtrain.optim.schedules import sgdr_warm_restarts_schedule
-from jaxtrain.optim.schedules import warmup_polynomial_schedule
-from jaxtrain.optim.schedules import with_linear_warmup
+from jaxtrain.optim.schedule_config import SCHEDULES
 from jaxtrain.optim.sign import addsign
-from jaxtrain.optim.sign import cosine_decay_fn
-from jaxtrain.optim.sign import linear_decay_fn
 from jaxtrain.optim.sign import powersign
-from jaxtrain.optim.sign import restart_decay_fn
 from jaxtrain.optim.sign import scale_by_addsign
 from jaxtrain.optim.sign import scale_by_powersign
 from jaxtrain.optim.sign import ScaleBySignState
+from jaxtrain.optim.sign_decay import cosine_decay_fn
+from jaxtrain.optim.sign_decay import linear_decay_fn
+from jaxtrain.optim.sign_decay import restart_decay_fn
 
 __all__ = (
     "OPTIMIZERS", "SCHEDULES", "LarsState", "ParamsEmaState", "ScaleBySignState",

@@ -28,9 +28,11 @@ import optax
 
 from jaxtrain.errors import ConfigError
 from jaxtrain.optim import lars as lars_lib
+from jaxtrain.optim import lr_scaling
 from jaxtrain.optim import masks
-from jaxtrain.optim import schedules
+from jaxtrain.optim import schedule_config
 from jaxtrain.optim import sign
+from jaxtrain.optim import sign_decay
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
               "adamw", "lamb", "lars", "addsign", "powersign")
@@ -40,7 +42,14 @@ LR_SCALING = ("none", "linear", "sqrt")
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The optimizer section with every field the optimizers and features read."""
+  """The `config.optimizer` section with every field the optimizers read.
+
+  Every default means "off" or is the usual value of that optimizer's
+  hyperparameter; the comments next to the fields say what each does.
+
+  Returns:
+    A ConfigDict, with the schedule section under `schedule`.
+  """
   c = ml_collections.ConfigDict()
   c.name = "momentum"          # one of OPTIMIZERS
   c.learning_rate = 0.1        # peak LR (at base_batch_size when lr_scaling is on)
@@ -77,7 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.0            # EMA of params, read with ema_params(opt_state); 0=off
   c.lr_multipliers = ()        # ((regex, multiplier), ...); first match wins
   c.freeze = ()                # (regex, ...): matching params are never updated
-  c.schedule = schedules.schedule_defaults()
+  c.schedule = schedule_config.schedule_defaults()
   return c
 
 
@@ -101,8 +110,9 @@ def build(opt_config: ml_collections.ConfigDict, total_steps: int,
   k = c.accumulate_steps
   peak = c.learning_rate
   if c.lr_scaling != "none":
-    peak = schedules.scale_lr(peak, batch_size, c.base_batch_size, c.lr_scaling)
-  train_schedule = schedules.schedule_from_config(c.schedule, peak, total_steps)
+    peak = lr_scaling.scale_lr(peak, batch_size, c.base_batch_size, c.lr_scaling)
+  train_schedule = schedule_config.schedule_from_config(c.schedule, peak,
+                                                        total_steps)
   # The inner optimizer counts applied updates u; update u starts at train step u*k.
   update_schedule = lambda u: train_schedule(u * k)
   logged_schedule = lambda t: train_schedule((t // k) * k)
@@ -205,10 +215,12 @@ def _sign_decay_fn(c: ml_collections.ConfigDict, num_updates: int) -> Any:
   zero_after = None if c.sign_decay_zero_after < 0 else c.sign_decay_zero_after
   periods = c.sign_decay_num_periods
   if c.sign_decay == "linear":
-    return sign.linear_decay_fn(steps)
+    return sign_decay.linear_decay_fn(steps)
   if c.sign_decay == "cosine":
-    return sign.cosine_decay_fn(steps, 0.5 if periods < 0 else periods, zero_after)
-  return sign.restart_decay_fn(steps, 1 if periods < 0 else periods, zero_after)
+    return sign_decay.cosine_decay_fn(steps, 0.5 if periods < 0 else periods,
+                                      zero_after)
+  return sign_decay.restart_decay_fn(steps, 1 if periods < 0 else periods,
+                                     zero_after)
 
 
 def mask_summary(opt_config: ml_collections.ConfigDict,
@@ -323,4 +335,4 @@ def _check_run(c: ml_collections.ConfigDict, total_steps: int,
   if c.lr_scaling != "none" and not batch_size:
     raise ConfigError("optimizer.lr_scaling", c.lr_scaling,
                       "needs the batch size: build(..., batch_size=...)")
-  schedules.resolve_warmup(c.schedule, total_steps)
+  schedule_config.resolve_warmup(c.schedule, total_steps)

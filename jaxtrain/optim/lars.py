@@ -20,13 +20,26 @@ ExcludeMask = Union[Any, Callable[[optax.Params], Any], None]
 
 
 class LarsState(NamedTuple):
-  """State of `lars`."""
-  count: jax.Array  # int32 scalar: number of updates, the learning-rate step.
-  momentum: optax.Updates  # v, which includes the learning rate.
+  """State of `lars`.
+
+  Attributes:
+    count: int32 scalar, the number of updates so far: the learning-rate step.
+    momentum: the buffer v, a pytree like the params; it includes the learning
+      rate (v <- momentum * v + lr * tr * g).
+  """
+  count: jax.Array
+  momentum: optax.Updates
 
 
 def exclude_ndim_le_1(params: optax.Params) -> Any:
-  """The default exclusion: biases, batch-norm scales/offsets (ndim <= 1)."""
+  """The default LARS exclusion: biases and normalization scales/offsets.
+
+  Args:
+    params: the params pytree (arrays or `jax.ShapeDtypeStruct`s).
+
+  Returns:
+    A pytree of bools like params, True where the tensor has ndim <= 1.
+  """
   return jax.tree.map(lambda p: jnp.ndim(p) <= 1, params)
 
 

@@ -26,7 +26,14 @@ def _key_name(key: Any) -> str:
 
 
 def param_paths(tree: Any) -> Any:
-  """A pytree like `tree` whose leaves are the "/"-joined key paths."""
+  """The "/"-joined key path of every leaf, e.g. `Conv_0/kernel`.
+
+  Args:
+    tree: any pytree, e.g. the params.
+
+  Returns:
+    A pytree like `tree` whose leaves are the path strings.
+  """
   return jax.tree_util.tree_map_with_path(
       lambda path, _: "/".join(_key_name(k) for k in path), tree)
 
@@ -123,7 +130,11 @@ def add_l1_l2(l1: float, l2: float,
 
 
 class ParamsEmaState(NamedTuple):
-  """State of `track_params_ema`: the exponential moving average of the params."""
+  """State of `track_params_ema`.
+
+  Attributes:
+    ema: the exponential moving average of the params, a pytree like them.
+  """
   ema: optax.Params
 
 

@@ -1,9 +1,12 @@
-"""AddSign and PowerSign optimizers and their sign-decay functions.
+"""AddSign and PowerSign: gradient descent scaled by sign agreement with momentum.
 
-Both keep m, an exponential moving average of the gradient (no bias correction), and
-scale each gradient element up when its sign agrees with m's and down when it does
-not. They match TF's `tf.contrib.opt.AddSignOptimizer` / `PowerSignOptimizer`; the
-sign-decay functions match TF's `tf.contrib.opt.sign_decay`.
+Both keep m, an exponential moving average of the gradient (no bias correction),
+and scale each gradient element up where its sign agrees with m's and down where
+it does not. They differ only in the multiplier of the gradient, a function of
+s = sign(g) sign(m) and the sign decay d: AddSign alpha + d s, PowerSign
+base**(d s). Both match TF's `tf.contrib.opt.AddSignOptimizer` /
+`PowerSignOptimizer` (kernels `ApplyAddSign` / `ApplyPowerSign`); the sign decays
+live in `sign_decay.py`.
 
 References:
   Bello et al., Neural Optimizer Search with Reinforcement Learning, 2017,
@@ -23,78 +26,35 @@ import optax
 SignDecay = Union[Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike],
                   float, jax.Array, None]
 
+# The direction formula: d -> the multipliers of g where s = +1, -1 and 0.
+Multipliers = Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+
 
 class ScaleBySignState(NamedTuple):
-  """State of `scale_by_addsign` / `scale_by_powersign`."""
-  count: jax.Array  # int32 scalar: number of updates so far, the sign-decay step.
-  mu: optax.Updates  # moving average m of the gradient.
+  """State of `scale_by_addsign` / `scale_by_powersign`.
 
-
-def linear_decay_fn(decay_steps: int) -> Callable[[jax.typing.ArrayLike], jax.Array]:
-  """Sign decay (decay_steps - t) / decay_steps with t = min(step, decay_steps).
-
-  Args:
-    decay_steps: steps until the decay reaches 0 (and stays there).
-
-  Returns:
-    A jit-traceable function step -> decay in [0, 1].
+  Attributes:
+    count: int32 scalar, the number of updates so far: the sign-decay step k.
+    mu: the moving average m of the gradient, a pytree like the params.
   """
-  def decay_fn(step: jax.typing.ArrayLike) -> jax.Array:
-    t = jnp.minimum(jnp.asarray(step, jnp.float32), decay_steps)
-    return jnp.maximum(0.0, (decay_steps - t) / decay_steps)
-  return decay_fn
+  count: jax.Array
+  mu: optax.Updates
 
 
-def cosine_decay_fn(decay_steps: int, num_periods: float = 0.5,
-                    zero_after: Optional[float] = None
-                    ) -> Callable[[jax.typing.ArrayLike], jax.Array]:
-  """Sign decay 0.5 * (1 + cos(pi * f)), f = 2 * num_periods * min(step, D) / D.
-
-  Args:
-    decay_steps: D, the steps over which `num_periods` cosine periods elapse; the
-      step is clamped to D, so the decay is constant afterwards.
-    num_periods: number of cosine periods (0.5: one decay from 1 to 0).
-    zero_after: if set, the decay is 0 once f >= 2 * zero_after (TF semantics).
-
-  Returns:
-    A jit-traceable function step -> decay in [0, 1].
-  """
-  def decay_fn(step: jax.typing.ArrayLike) -> jax.Array:
-    t = jnp.minimum(jnp.asarray(step, jnp.float32), decay_steps)
-    fraction = 2.0 * num_periods * t / decay_steps
-    decayed = 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
-    if zero_after is not None:
-      decayed = jnp.where(fraction >= 2 * zero_after, 0.0, decayed)
-    return decayed
-  return decay_fn
+def _addsign_multipliers(alpha: jax.typing.ArrayLike) -> Multipliers:
+  """AddSign: alpha + d * s."""
+  def multipliers(d):
+    alpha_ = jnp.asarray(alpha, jnp.float32)
+    return alpha_ + d, alpha_ - d, alpha_
+  return multipliers
 
 
-def restart_decay_fn(decay_steps: int, num_periods: int = 1,
-                     zero_after: Optional[float] = None
-                     ) -> Callable[[jax.typing.ArrayLike], jax.Array]:
-  """Cosine sign decay with restarts: 0.5 * (1 + cos(pi * f)) with
-  f = ((num_periods * t) mod D) / D, t = min(step, D).
-
-  As in TF, the step is clamped to D first, so at and after D the fraction is
-  (num_periods * D mod D) / D = 0 and the decay is back at 1.
-
-  Args:
-    decay_steps: D.
-    num_periods: number of restarts within D steps.
-    zero_after: if set, the decay is 0 once num_periods * t / D >= zero_after.
-
-  Returns:
-    A jit-traceable function step -> decay in [0, 1].
-  """
-  def decay_fn(step: jax.typing.ArrayLike) -> jax.Array:
-    t = jnp.minimum(jnp.asarray(step, jnp.float32), decay_steps)
-    fraction = jnp.mod(num_periods * t, decay_steps) / decay_steps
-    decayed = 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
-    if zero_after is not None:
-      decayed = jnp.where(num_periods * t / decay_steps >= zero_after, 0.0,
-                          decayed)
-    return decayed
-  return decay_fn
+def _powersign_multipliers(base: jax.typing.ArrayLike) -> Multipliers:
+  """PowerSign: base**(d * s) = exp(log(base) * d * s), as TF computes it."""
+  def multipliers(d):
+    log_base = jnp.log(jnp.asarray(base, jnp.float32))
+    return jnp.exp(log_base * d), jnp.exp(-log_base * d), jnp.ones([], jnp.float32)
+  return multipliers
 
 
 def _same_sign_bit(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -107,17 +67,23 @@ def _same_sign_bit(x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.signbit(x) == jnp.signbit(y)
 
 
-def _scale_by_sign_agreement(
-    beta: jax.typing.ArrayLike, sign_decay_fn: SignDecay,
-    mu_dtype: Optional[Any],
-    multipliers: Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]],
-) -> optax.GradientTransformation:
-  """Shared body: m update, s = sign(g) sign(m), then multiplier(s) * g.
+def _decay_at(sign_decay_fn: SignDecay, count: jax.Array) -> jax.Array:
+  if callable(sign_decay_fn):
+    return jnp.asarray(sign_decay_fn(count), jnp.float32)
+  return jnp.asarray(1.0 if sign_decay_fn is None else sign_decay_fn, jnp.float32)
 
-  `multipliers(d)` gives the multiplier of g for s = +1, -1, 0. Since s takes only
-  these values, they are computed once per update and selected per element, which
-  keeps the per-element work to compares and selects (measured faster on CPU than
-  evaluating alpha + d*s or exp(log(base) d s) per element).
+
+def _scale_by_sign_agreement(multipliers: Multipliers,
+                             beta: jax.typing.ArrayLike,
+                             sign_decay_fn: SignDecay,
+                             mu_dtype: Optional[Any]
+                             ) -> optax.GradientTransformation:
+  """The shared core: m <- beta m + (1 - beta) g, then direction mult(s) * g.
+
+  s = sign(g) sign(m) takes only the values +1, -1 and 0, so the three multipliers
+  are scalars computed once per update and selected per element: per element the
+  work is one pass computing the new m and the direction together (compares and
+  selects, measured faster on CPU than alpha + d*s or exp(log(base) d s)).
   """
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
@@ -127,32 +93,31 @@ def _scale_by_sign_agreement(
 
   def update_fn(updates, state, params=None):
     del params
-    if callable(sign_decay_fn):
-      decay = jnp.asarray(sign_decay_fn(state.count), jnp.float32)
-    else:
-      decay = jnp.asarray(1.0 if sign_decay_fn is None else sign_decay_fn,
-                          jnp.float32)
-
-    agree, disagree, zero = multipliers(decay)
+    agree, disagree, zero = multipliers(_decay_at(sign_decay_fn, state.count))
 
     def leaf(g, m):
       m_new = (beta * m + (1.0 - beta) * g.astype(m.dtype)).astype(m.dtype)
-      # s = sign(g) sign(m) from sign bits: fewer ops per element than two
-      # jnp.sign and a product. Where g == 0 the multiplier is irrelevant
-      # (it multiplies g); where m == 0, s = 0.
-      same_sign = _same_sign_bit(g, m_new)
-      mult = jnp.where(m_new == 0, zero, jnp.where(same_sign, agree, disagree))
+      # s from sign bits: fewer ops per element than two jnp.sign and a product.
+      # Where g == 0 the multiplier is irrelevant (it multiplies g); where
+      # m == 0, s = 0.
+      mult = jnp.where(m_new == 0, zero,
+                       jnp.where(_same_sign_bit(g, m_new), agree, disagree))
       return mult.astype(g.dtype) * g, m_new
 
-    pairs = jax.tree.map(leaf, updates, state.mu)
     treedef = jax.tree.structure(updates)
-    flat = treedef.flatten_up_to(pairs)
-    new_updates = treedef.unflatten([p[0] for p in flat])
-    new_mu = treedef.unflatten([p[1] for p in flat])
-    count = optax.safe_increment(state.count)
-    return new_updates, ScaleBySignState(count=count, mu=new_mu)
+    pairs = treedef.flatten_up_to(jax.tree.map(leaf, updates, state.mu))
+    new_updates = treedef.unflatten([p[0] for p in pairs])
+    new_mu = treedef.unflatten([p[1] for p in pairs])
+    return new_updates, ScaleBySignState(count=optax.safe_increment(state.count),
+                                         mu=new_mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _descend(direction: optax.GradientTransformation,
+             learning_rate: optax.ScalarOrSchedule
+             ) -> optax.GradientTransformation:
+  return optax.chain(direction, optax.scale_by_learning_rate(learning_rate))
 
 
 def scale_by_addsign(alpha: jax.typing.ArrayLike = 1.0,
@@ -170,7 +135,8 @@ def scale_by_addsign(alpha: jax.typing.ArrayLike = 1.0,
     alpha: base multiplier; with d = 1 the gradient is scaled by alpha + 1 where
       signs agree and by alpha - 1 where they disagree.
     beta: decay of the moving average m.
-    sign_decay_fn: function of the update count returning d, or a fixed d.
+    sign_decay_fn: function of the update count returning d (see
+      `linear_decay_fn`, `cosine_decay_fn`, `restart_decay_fn`), or a fixed d.
     mu_dtype: dtype of m; None uses the parameters' dtype.
 
   Returns:
@@ -180,10 +146,8 @@ def scale_by_addsign(alpha: jax.typing.ArrayLike = 1.0,
     Bello et al., Neural Optimizer Search with Reinforcement Learning, 2017,
     arXiv 1709.07417.
   """
-  def multipliers(d):
-    alpha_ = jnp.asarray(alpha, jnp.float32)
-    return alpha_ + d, alpha_ - d, alpha_
-  return _scale_by_sign_agreement(beta, sign_decay_fn, mu_dtype, multipliers)
+  return _scale_by_sign_agreement(_addsign_multipliers(alpha), beta,
+                                  sign_decay_fn, mu_dtype)
 
 
 def scale_by_powersign(base: jax.typing.ArrayLike = math.e,
@@ -193,11 +157,12 @@ def scale_by_powersign(base: jax.typing.ArrayLike = math.e,
                        ) -> optax.GradientTransformation:
   """PowerSign direction: base**(d * sign(g) * sign(m)) * g.
 
-  m and d are as in `scale_by_addsign`. base**(d * s) = exp(log(base) * d * s) as in
+  m and d as in `scale_by_addsign`; base**(d * s) = exp(log(base) * d * s) as in
   TF, evaluated once per update for s = +1 and -1.
 
   Args:
-    base: base of the exponential multiplier (> 0).
+    base: base of the exponential multiplier (> 0); with d = 1 the gradient is
+      scaled by base where signs agree and by 1 / base where they disagree.
     beta: decay of the moving average m.
     sign_decay_fn: function of the update count returning d, or a fixed d.
     mu_dtype: dtype of m; None uses the parameters' dtype.
@@ -209,10 +174,8 @@ def scale_by_powersign(base: jax.typing.ArrayLike = math.e,
     Bello et al., Neural Optimizer Search with Reinforcement Learning, 2017,
     arXiv 1709.07417.
   """
-  def multipliers(d):
-    log_base = jnp.log(jnp.asarray(base, jnp.float32))
-    return jnp.exp(log_base * d), jnp.exp(-log_base * d), jnp.ones([], jnp.float32)
-  return _scale_by_sign_agreement(beta, sign_decay_fn, mu_dtype, multipliers)
+  return _scale_by_sign_agreement(_powersign_multipliers(base), beta,
+                                  sign_decay_fn, mu_dtype)
 
 
 def addsign(learning_rate: optax.ScalarOrSchedule,
@@ -222,12 +185,14 @@ def addsign(learning_rate: optax.ScalarOrSchedule,
             mu_dtype: Optional[Any] = None) -> optax.GradientTransformation:
   """The AddSign optimizer: params move by -lr * (alpha + d * s) * g.
 
+  `scale_by_addsign` followed by the learning rate.
+
   Args:
-    learning_rate: a number or an `optax.Schedule`.
-    alpha: see `scale_by_addsign`.
-    beta: see `scale_by_addsign`.
-    sign_decay_fn: see `scale_by_addsign`.
-    mu_dtype: see `scale_by_addsign`.
+    learning_rate: a number or an `optax.Schedule` of the update count.
+    alpha: base multiplier of the gradient, see `scale_by_addsign`.
+    beta: decay of the moving average m.
+    sign_decay_fn: d as a function of the update count, or a fixed d.
+    mu_dtype: dtype of m; None uses the parameters' dtype.
 
   Returns:
     A `GradientTransformation` whose updates are applied with `optax.apply_updates`.
@@ -239,9 +204,8 @@ def addsign(learning_rate: optax.ScalarOrSchedule,
     Bello et al., Neural Optimizer Search with Reinforcement Learning, 2017,
     arXiv 1709.07417.
   """
-  return optax.chain(
-      scale_by_addsign(alpha, beta, sign_decay_fn, mu_dtype),
-      optax.scale_by_learning_rate(learning_rate))
+  return _descend(scale_by_addsign(alpha, beta, sign_decay_fn, mu_dtype),
+                  learning_rate)
 
 
 def powersign(learning_rate: optax.ScalarOrSchedule,
@@ -251,12 +215,14 @@ def powersign(learning_rate: optax.ScalarOrSchedule,
               mu_dtype: Optional[Any] = None) -> optax.GradientTransformation:
   """The PowerSign optimizer: params move by -lr * base**(d * s) * g.
 
+  `scale_by_powersign` followed by the learning rate.
+
   Args:
-    learning_rate: a number or an `optax.Schedule`.
-    base: see `scale_by_powersign`.
-    beta: see `scale_by_powersign`.
-    sign_decay_fn: see `scale_by_powersign`.
-    mu_dtype: see `scale_by_powersign`.
+    learning_rate: a number or an `optax.Schedule` of the update count.
+    base: base of the exponential multiplier, see `scale_by_powersign`.
+    beta: decay of the moving average m.
+    sign_decay_fn: d as a function of the update count, or a fixed d.
+    mu_dtype: dtype of m; None uses the parameters' dtype.
 
   Returns:
     A `GradientTransformation` whose updates are applied with `optax.apply_updates`.
@@ -268,6 +234,5 @@ def powersign(learning_rate: optax.ScalarOrSchedule,
     Bello et al., Neural Optimizer Search with Reinforcement Learning, 2017,
     arXiv 1709.07417.
   """
-  return optax.chain(
-      scale_by_powersign(base, beta, sign_decay_fn, mu_dtype),
-      optax.scale_by_learning_rate(learning_rate))
+  return _descend(scale_by_powersign(base, beta, sign_decay_fn, mu_dtype),
+                  learning_rate)

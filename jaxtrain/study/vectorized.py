@@ -6,9 +6,9 @@ stacked on a leading trial axis: parameters, optimizer state and hyperparameters
 `jax.vmap`ped, so a learning-rate grid at one batch size is one compile and one loop.
 The hyperparameters live in the optimizer state (`optax.inject_hyperparams`); the
 learning-rate schedule is evaluated from them in traced form (`traced_schedule`,
-which reproduces `jaxtrain.optim.schedules.schedule_from_config`). Each trial keeps
-its own seed: its own initialization, dropout and data order, so trial i of a group
-trains exactly as `jaxtrain train` would with its config.
+which reproduces `jaxtrain.optim.schedule_config.schedule_from_config`). Each trial
+keeps its own seed: its own initialization, dropout and data order, so trial i of a
+group trains exactly as `jaxtrain train` would with its config.
 
 A group of one trial runs the runner's own program (`runner.make_jitted_steps`).
 
