@@ -2,10 +2,13 @@
 
 Train: a Grain `MapDataset` over example indices, shuffled globally by seed and
 reshuffled every epoch (Grain's `shuffle().repeat()` re-keys the permutation per
-epoch), each element tagged with its epoch, cut into per-process batches. Process p
-of P takes local batches p, p+P, ..., so global batch k is exactly stream elements
-[k*B, (k+1)*B) whatever the number of processes: 1 process x 8 devices and 2
-processes x 4 devices train on the same rows in the same order. Each local batch is
+epoch), each element tagged with its epoch: the stream. A `BatchPlan` cuts it into
+global batches (by default all of size B: batch k is stream elements
+[k*B, (k+1)*B); with stages the size changes by step, with repeated augmentation
+each example fills several rows) and process p of P reads its contiguous block of
+every global batch's rows, so the global batch is the same whatever the number of
+processes: 1 process x 8 devices and 2 processes x 4 devices train on the same rows
+in the same order. Each local batch is
 read and transformed as one unit (`Source.load_batch`, randomness a pure function of
 (seed, epoch, example index)), in-process with `prefetch` threads or in `num_workers`
 Grain worker processes (`mp_prefetch`, order preserved).
@@ -27,6 +30,8 @@ import jax
 from absl import flags
 import numpy as np
 from jax.sharding import NamedSharding
+
+from jaxtrain.data.batch_plan import BatchPlan
 
 Batch = dict[str, np.ndarray]
 
@@ -54,10 +59,14 @@ def local_batch_size(global_batch: int, process_count: int | None = None) -> int
 
 
 def _load(source: Source, indices: np.ndarray, train: bool, seed: int = 0,
-          epochs: np.ndarray | None = None) -> Batch:
-  """One batch through the source's chain (`Source.load_batch`), or stacked items."""
+          epochs: np.ndarray | None = None, **options: Any) -> Batch:
+  """One batch through the source's chain (`Source.load_batch`), or stacked items.
+
+  `options` (repeated-augmentation copies, a stage's chain) go to `load_batch`.
+  """
   if hasattr(source, "load_batch"):
-    return source.load_batch(indices, train=train, seed=seed, epochs=epochs)
+    return source.load_batch(indices, train=train, seed=seed, epochs=epochs,
+                             **options)
   examples = [source[int(i)] for i in indices]
   batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
   batch["index"] = np.asarray(indices, np.int32)
@@ -68,9 +77,21 @@ def _tag_epoch(num_examples: int, position: int, index: int) -> tuple[int, int]:
   return position // num_examples, index
 
 
-def _load_train(source: Source, seed: int, epochs_and_indices: Any) -> Batch:
-  epochs, indices = epochs_and_indices
-  return _load(source, np.asarray(indices), True, seed, np.asarray(epochs))
+def _local_rows(stream: grain.MapDataset, plan: BatchPlan, process: int, count: int,
+                step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """(epochs, indices, copies, stage) of this process's rows of batch `step`."""
+  positions, copies = plan.local_rows(step, process, count)
+  tagged = np.asarray([stream[int(p)] for p in positions], np.int64).reshape(-1, 2)
+  return tagged[:, 0], tagged[:, 1], copies, plan.stage_index(step)
+
+
+def _load_train(source: Source, seed: int, chains: list[Any] | None,
+                rows: Any) -> Batch:
+  epochs, indices, copies, stage = rows
+  options = {}
+  if chains is not None:
+    options = {"copies": copies, "chain": chains[stage]}
+  return _load(source, indices, True, seed, epochs, **options)
 
 
 def _options(source: Source, num_workers: int | None, prefetch: int | None
@@ -130,6 +151,7 @@ class TrainIterator(grain.DatasetIterator):
 
 
 def train_iterator(source: Source, global_batch: int, seed: int, *,
+                   plan: BatchPlan | None = None,
                    num_workers: int | None = None, prefetch: int | None = None,
                    process_index: int | None = None,
                    process_count: int | None = None) -> TrainIterator:
@@ -138,8 +160,11 @@ def train_iterator(source: Source, global_batch: int, seed: int, *,
   Args:
     source: a `sources.Source` (its train transforms apply) or any sequence of
       example dicts.
-    global_batch: batch size over all processes.
+    global_batch: batch size over all processes (when `plan` is None).
     seed: shuffling and augmentation seed.
+    plan: batch sizes by step (stages), image size by stage (the last sized op of
+      the train transforms is resized) and repeated augmentation; default: every
+      batch `global_batch` rows.
     num_workers, prefetch: default to the source's (`config.data`).
     process_index, process_count: default to JAX's; set them to simulate hosts.
 
@@ -149,16 +174,21 @@ def train_iterator(source: Source, global_batch: int, seed: int, *,
     the train transforms mix or smooth labels.
   """
   index, count = _processes(process_index, process_count)
-  local = local_batch_size(global_batch, count)
+  plan = plan or BatchPlan.constant(global_batch)
   chain = getattr(source, "train_transforms", None)
-  if chain is not None and chain.has_targets and local % 2:
-    raise ValueError(f"mixup/cutmix mix pairs of rows: the per-process batch "
-                     f"({local}) must be even")
+  for stage in plan.stages:
+    local = local_batch_size(stage.batch_size, count)
+    if chain is not None and chain.has_targets and local % 2:
+      raise ValueError(f"mixup/cutmix mix pairs of rows: the per-process batch "
+                       f"({local}) must be even")
+  chains = None if chain is None else [chain.resized(s.image_size)
+                                       for s in plan.stages]
   n = len(source)
-  ds = (grain.MapDataset.range(n).seed(seed).shuffle().repeat(None)
-        .map_with_index(functools.partial(_tag_epoch, n))
-        .batch(local, drop_remainder=True))
-  ds = ds[index::count].map(functools.partial(_load_train, source, seed))
+  stream = (grain.MapDataset.range(n).seed(seed).shuffle().repeat(None)
+            .map_with_index(functools.partial(_tag_epoch, n)))
+  ds = (grain.MapDataset.range(len(stream))
+        .map(functools.partial(_local_rows, stream, plan, index, count))
+        .map(functools.partial(_load_train, source, seed, chains)))
   return TrainIterator(ds, *_options(source, num_workers, prefetch))
 
 

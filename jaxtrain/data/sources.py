@@ -3,8 +3,9 @@
 `get_source(config.data, split)` returns a `Source`: `len`, random access, the
 dataset's `num_classes`, and `image_shape`, the (H, W, C) the model sees after the
 transforms. A source holds both transform chains of the config (`train_transforms`
-for `pipeline.train_iterator`, `eval_transforms` for `pipeline.eval_batches`), which
-must produce the same shape. Where examples come from (`config.data.source`):
+for `pipeline.train_iterator`, `eval_transforms` for `pipeline.eval_batches`), whose
+images have the same number of channels (height and width may differ: FixRes). Where
+examples come from (`config.data.source`):
 
 - "tfds": any TFDS dataset prepared in `data_dir` as ArrayRecord, by `name` and split
   (slices allowed), through `tfds.data_source` (`jaxtrain.data.tfds_source`). The
@@ -50,6 +51,8 @@ def default_config() -> ml_collections.ConfigDict:
       num_workers=0,          # Grain worker processes per host; 0: in-process
       prefetch=2,             # batches prepared ahead (threads when in-process,
                               # buffer per worker process otherwise)
+      aug_repeats=1,          # repeated augmentation: each example this many times
+                              # per train batch, augmented differently (timm: 3)
       synthetic=ml_collections.ConfigDict(dict(
           image_shape=(224, 224, 3), num_classes=1000, num_examples=10_000)),
   ))
@@ -71,6 +74,14 @@ def validate(data: ml_collections.ConfigDict) -> None:
   for field in ("num_workers", "prefetch"):
     if not _is_int(data[field], minimum=0):
       raise ConfigError(f"data.{field}", data[field], "use an integer >= 0")
+  if not _is_int(data.aug_repeats, minimum=1):
+    raise ConfigError("data.aug_repeats", data.aug_repeats, "use an integer >= 1 "
+                      "(1: no repeated augmentation; DeiT/timm use 3)")
+  if data.aug_repeats > 1 and not transforms.parse(
+      data.train_transforms, "data.train_transforms").random:
+    raise ConfigError("data.aug_repeats", data.aug_repeats, "repeated augmentation "
+                      "needs random train transforms (e.g. random_resized_crop, "
+                      "flip), or every copy of an example is the same image")
   if tuple(data.image_shape) and not _is_shape(data.image_shape):
     raise ConfigError("data.image_shape", data.image_shape, "use (height, width, "
                       "channels) of positive ints, or () to accept any shape")
@@ -126,36 +137,50 @@ class Source:
     """(H, W, C) of the model's input: example 0 through the train transforms."""
     return self.train_transforms.example(self.records[0]["image"]).shape
 
+  @functools.cached_property
+  def eval_image_shape(self) -> tuple[int, ...]:
+    """(H, W, C) at evaluation; may differ from `image_shape` (FixRes)."""
+    return self.eval_transforms.example(self.records[0]["image"]).shape
+
   def read(self, indices: np.ndarray) -> list[dict[str, Any]]:
     if hasattr(self.records, "__getitems__"):
       return self.records.__getitems__(indices)
     return [self.records[int(i)] for i in indices]
 
   def load_batch(self, indices: np.ndarray, *, train: bool = False, seed: int = 0,
-                 epochs: np.ndarray | None = None) -> Batch:
+                 epochs: np.ndarray | None = None, copies: np.ndarray | None = None,
+                 chain: transforms.Chain | None = None) -> Batch:
     """Examples `indices` (of `epochs`, default 0) through one chain, stacked.
+
+    Args:
+      indices, epochs: which examples, and the epochs they are drawn in.
+      train, seed: the train or eval chain; the augmentation seed.
+      copies: repeated augmentation's copy number of each row (default 0).
+      chain: instead of the train/eval chain (a stage's resized train chain).
 
     Returns {"image": float32 (B, H, W, C), "label": int32 (B,), "index": int32
     (B,)} and, if the chain has batch ops, "targets": float32 (B, num_classes).
     """
-    chain = self.train_transforms if train else self.eval_transforms
+    if chain is None:
+      chain = self.train_transforms if train else self.eval_transforms
     indices = np.asarray(indices)
     epochs = np.zeros_like(indices) if epochs is None else np.asarray(epochs)
-    images, labels = self._images_and_labels(chain, indices, seed, epochs)
+    copies = np.zeros_like(indices) if copies is None else np.asarray(copies)
+    images, labels = self._images_and_labels(chain, indices, seed, epochs, copies)
     batch = {"image": images, "label": labels, "index": indices.astype(np.int32)}
     images, targets = chain.batch(images, labels, self.num_classes, seed, epochs,
-                                  indices)
+                                  indices, copies)
     batch["image"] = images
     if targets is not None:
       batch["targets"] = targets
     return batch
 
   def _images_and_labels(self, chain: transforms.Chain, indices: np.ndarray,
-                         seed: int, epochs: np.ndarray
+                         seed: int, epochs: np.ndarray, copies: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
     records = self.read(indices)
-    images = np.stack([chain.example(r["image"], seed, e, i)
-                       for r, e, i in zip(records, epochs, indices)])
+    images = np.stack([chain.example(r["image"], seed, e, i, c)
+                       for r, e, i, c in zip(records, epochs, indices, copies)])
     labels = np.asarray([r["label"] for r in records], np.int32)
     return images, labels
 
@@ -181,11 +206,11 @@ class ArraySource(Source):
     super().__init__(ArrayRecords(images, labels), num_classes, **kwargs)
     self.images, self.labels = images, labels
 
-  def _images_and_labels(self, chain, indices, seed, epochs):
+  def _images_and_labels(self, chain, indices, seed, epochs, copies):
     if not chain.example_ops:
       return (self.images[indices].astype(np.float32, copy=False),
               self.labels[indices].astype(np.int32))
-    return super()._images_and_labels(chain, indices, seed, epochs)
+    return super()._images_and_labels(chain, indices, seed, epochs, copies)
 
 
 class SyntheticRecords:
@@ -287,10 +312,12 @@ def _check_images(source: Source, data: ml_collections.ConfigDict,
                         "or center_crop(224)")
     shapes[field] = seen[0]
   train_shape, eval_shape = shapes.values()
-  if train_shape != eval_shape:
+  # Height and width may differ (FixRes, Touvron et al. 2019: test at a higher
+  # resolution than train); whether the model accepts that is checked by the runner.
+  if train_shape[-1] != eval_shape[-1]:
     raise ConfigError("data.eval_transforms", data.eval_transforms, f"gives images "
                       f"of shape {eval_shape}, data.train_transforms {train_shape}; "
-                      "the model is built for one input shape")
+                      "train and eval images need the same number of channels")
   if tuple(data.image_shape) and tuple(data.image_shape) != train_shape:
     raise ConfigError("data.image_shape", tuple(data.image_shape), "the model "
                       f"expects this shape but the transforms give {train_shape}; "

@@ -52,11 +52,15 @@ REGISTRY = {**EXAMPLE_OPS, **BATCH_OPS}
 _EXAMPLE_STREAM, _PAIR_STREAM = 0, 1
 
 
-def example_rng(seed: int, epoch: int, index: int,
-                stream: int = _EXAMPLE_STREAM) -> np.random.Generator:
-  """The generator of example `index` in `epoch`: a pure function of its arguments."""
-  seq = np.random.SeedSequence([int(seed), int(epoch), int(index)],
-                               spawn_key=(stream,))
+def example_rng(seed: int, epoch: int, index: int, stream: int = _EXAMPLE_STREAM,
+                copy: int = 0) -> np.random.Generator:
+  """The generator of example `index` in `epoch`: a pure function of its arguments.
+
+  `copy` > 0 numbers the extra copies of repeated augmentation
+  (`data.aug_repeats`); copy 0 draws what an unrepeated example draws.
+  """
+  entropy = [int(seed), int(epoch), int(index)] + ([int(copy)] if copy else [])
+  seq = np.random.SeedSequence(entropy, spawn_key=(stream,))
   return np.random.Generator(np.random.PCG64(seq))
 
 
@@ -77,9 +81,10 @@ class Chain:
     return bool(self.batch_ops)
 
   def example(self, image: Any, seed: int = 0, epoch: int = 0,
-              index: int = 0) -> np.ndarray:
+              index: int = 0, copy: int = 0) -> np.ndarray:
     """Runs the per-example ops on one image; returns a float32 HWC array."""
-    rng = example_rng(seed, epoch, index) if self.random else None
+    rng = (example_rng(seed, epoch, index, _EXAMPLE_STREAM, copy) if self.random
+           else None)
     for op in self.example_ops:
       image = op(image, rng)
     image = np.asarray(image)
@@ -89,15 +94,36 @@ class Chain:
     return image.astype(np.float32, copy=False)
 
   def batch(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
-            seed: int, epochs: np.ndarray, indices: np.ndarray
+            seed: int, epochs: np.ndarray, indices: np.ndarray,
+            copies: np.ndarray | None = None
             ) -> tuple[np.ndarray, np.ndarray | None]:
     """Runs the batch ops; returns (images, soft targets or None)."""
     if not self.batch_ops:
       return images, None
-    pair_rngs = [example_rng(seed, epochs[a], indices[a], _PAIR_STREAM)
+    copies = np.zeros_like(indices) if copies is None else copies
+    pair_rngs = [example_rng(seed, epochs[a], indices[a], _PAIR_STREAM, copies[a])
                  for a in range(0, len(indices) - 1, 2)]
     return mixing.soft_targets(images, labels, num_classes, self.batch_ops,
                                pair_rngs)
+
+  def resized(self, size: int | None) -> "Chain":
+    """This chain with its last sized op producing `size` (None: unchanged).
+
+    Progressive resizing (`config.train.stages`) changes the output size of, e.g.,
+    `random_resized_crop(224)` per stage; ops before it keep theirs.
+
+    Raises:
+      ValueError: no op of the chain has a `size`.
+    """
+    if size is None:
+      return self
+    sized = [i for i, op in enumerate(self.example_ops) if hasattr(op, "size")]
+    if not sized:
+      raise ValueError(f"'{self.spec}' has no op with a size (e.g. resize, "
+                       "random_resized_crop, center_crop, random_crop) to change")
+    ops = list(self.example_ops)
+    ops[sized[-1]] = dataclasses.replace(ops[sized[-1]], size=size)
+    return dataclasses.replace(self, example_ops=tuple(ops))
 
 
 def parse(spec: str, field: str, allow_batch_ops: bool = True) -> Chain:

@@ -161,10 +161,21 @@ def test_encoded_images_without_decode_are_reported(data_dir):
       in str(e)
 
 
-def test_train_and_eval_shapes_must_agree(data_dir):
+def test_train_and_eval_channels_must_agree(data_dir):
   e = _error(_jpeg_config(data_dir, train_transforms="decode|random_resized_crop(32)",
-                          eval_transforms="decode|center_crop(48)"), "train")
-  assert e.field == "data.eval_transforms" and "(48, 48, 3)" in str(e)
+                          eval_transforms="decode(channels=1)|center_crop(48)"),
+             "train")
+  assert e.field == "data.eval_transforms" and "(48, 48, 1)" in str(e)
+
+
+def test_eval_may_use_another_resolution_than_train_fixres(data_dir):
+  # FixRes (Touvron et al. 2019): train at 32, test at 48 with crop ratio 0.95.
+  source = sources.get_source(_jpeg_config(
+      data_dir, train_transforms="decode|random_resized_crop(32)",
+      eval_transforms="decode|center_crop(48, crop_ratio=0.95)"), "train")
+  assert source.image_shape == (32, 32, 3)
+  assert source.eval_image_shape == (48, 48, 3)
+  assert next(pipeline.eval_batches(source, 4))["image"].shape == (4, 48, 48, 3)
 
 
 def test_unknown_feature_keys_list_the_features(data_dir):
