@@ -1,6 +1,7 @@
 """The train state: one pytree that is sharded, donated and checkpointed whole."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import sharding
 
 
@@ -23,12 +25,15 @@ class TrainState:
     opt_state: the optax state.
     rng: base PRNG key (raw uint32); step k uses `fold_in(rng, k)`, so resuming at
       step k draws the same dropout masks as an uninterrupted run.
+    ema: None, or the exponential moving average of the weights,
+      {"params": ..., "model_state": ...} (`jaxtrain.ema`, `train.ema_decay`).
   """
   step: jax.Array
   params: Any
   model_state: Any
   opt_state: Any
   rng: jax.Array
+  ema: Any = None
 
 
 def _state_init(model: Any, tx: Any, input_shape: tuple[int, ...], seed: int):
@@ -58,6 +63,10 @@ def abstract_train_state(model: Any, tx: Any, input_shape: tuple[int, ...], seed
 
   Returns:
     (abstract_state, shardings).
+
+  Raises:
+    ConfigError: a sharded dimension does not divide over its mesh axes (see
+      `check_divisible`).
   """
   init_variables, init_state = _state_init(model, tx, input_shape, seed)
   var_specs = dict(sharding.logical_specs(jax.eval_shape(init_variables)))
@@ -67,9 +76,56 @@ def abstract_train_state(model: Any, tx: Any, input_shape: tuple[int, ...], seed
       step=P(), params=param_specs, model_state=var_specs, rng=P(),
       opt_state=sharding.opt_state_specs(tx, abstract.opt_state, param_specs))
   shardings = sharding.to_shardings(specs, mesh, rules)
+  check_divisible(abstract, specs, shardings, rules)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        abstract, shardings)
   return state, shardings
+
+
+_KINDS = {"params": "parameter", "opt_state": "optimizer state",
+          "model_state": "model state"}
+
+
+def _mesh_axes(entry: Any) -> tuple[str, ...]:
+  """A PartitionSpec entry (None, 'fsdp' or ('data', 'fsdp')) as a tuple of axes."""
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def check_divisible(abstract: Any, logical_specs: Any, shardings: Any,
+                    rules: Any) -> None:
+  """Every sharded dimension of the state must split evenly over its mesh axes.
+
+  `jit` cannot place an array whose dimension is not a multiple of the devices it
+  is split over, and says so only by sharding and shape, after tracing. This
+  names the leaf (e.g. ``params/hidden1/kernel``), its logical axis, the mesh
+  axes and the fix, before anything compiles.
+
+  Raises:
+    ConfigError: on `sharding.rules`, with the rule that maps the logical axis.
+  """
+  leaves, _ = jax.tree_util.tree_flatten_with_path(abstract)
+  logical = jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, P))
+  for (path, leaf), names, named in zip(leaves, logical, jax.tree.leaves(shardings)):
+    for dim, (size, entry) in enumerate(zip(leaf.shape, named.spec)):
+      axes = _mesh_axes(entry)
+      parts = math.prod(named.mesh.shape[a] for a in axes)
+      if size % parts == 0:
+        continue
+      name = names[dim] if dim < len(names) else None
+      rule = next((tuple(r) for r in rules if r[0] == name), name)
+      where = jax.tree_util.keystr(path, simple=True, separator="/")
+      kind = _KINDS.get(where.split("/")[0], "state")
+      split = (f"mesh axis {axes[0]!r} of size {parts}" if len(axes) == 1 else
+               f"mesh axes {' x '.join(map(repr, axes))} ({parts} parts)")
+      raise ConfigError(
+          "sharding.rules", rule,
+          f"{kind} {where} of shape {tuple(leaf.shape)}: dimension {dim} (logical "
+          f"axis {name!r}, size {size}) is split over {split}, which does not "
+          f"divide it; map {name!r} to other mesh axes (or none) in "
+          f"sharding.rules, or change the mesh sizes "
+          f"({', '.join(f'mesh.{a}' for a in axes)}) so that {parts} divides {size}")
 
 
 def create_train_state(model: Any, tx: Any, input_shape: tuple[int, ...], seed: int,

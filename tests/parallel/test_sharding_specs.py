@@ -20,8 +20,9 @@ from jax.sharding import PartitionSpec as P
 
 from jaxtrain import config as config_lib
 from jaxtrain import models, optim, runner
+from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import sharding
-from jaxtrain.state import create_train_state
+from jaxtrain.state import abstract_train_state, create_train_state
 
 AXES = ("data", "fsdp", "model")
 IMAGE = (8, 8, 1)
@@ -215,3 +216,44 @@ def test_digits_vit_experiment_builds_on_one_device_and_as_tp():
   tp = runner.build(tp_config)
   assert dict(tp.mesh.shape) == {"data": 2, "fsdp": 2, "model": 2}
   assert tuple(map(tuple, tp_config.sharding.rules)) == sharding.RULES_FSDP_TP
+
+
+def _tx():
+  c = optim.default_config()
+  c.name, c.learning_rate = "momentum", 0.1
+  return optim.build(c, total_steps=10)[0]
+
+
+def test_dimension_that_does_not_divide_its_mesh_axis_names_param_axis_and_fix():
+  """MLP (64 inputs) -> 12 -> 12 -> 10: the head kernel is (12, 10) with logical
+  names (embed, classes); FSDP over 8 devices would split 12 rows 8 ways."""
+  model = models.get_model("mlp", num_classes=10, hidden_sizes=(12, 12))
+  mesh = jax.make_mesh((1, 8, 1), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  with pytest.raises(ConfigError) as info:
+    abstract_train_state(model, _tx(), IMAGE, 0, mesh, sharding.RULES_FSDP)
+  e = info.value
+  assert e.field == "sharding.rules" and e.value == ("embed", "fsdp")
+  msg = str(e)
+  for part in ("parameter params/head/kernel", "shape (12, 10)", "'embed'",
+               "size 12", "mesh axis 'fsdp' of size 8", "sharding.rules",
+               "mesh.fsdp"):
+    assert part in msg, (part, msg)
+
+
+def test_dimension_over_two_mesh_axes_names_both():
+  """The batch-norm CNN's conv_out of 12 channels over a rule ('conv_out', (data,
+  fsdp)) on a 2 x 4 mesh: 8 parts."""
+  model = models.get_model("cnn", num_classes=10, features=(8, 12), hidden=32,
+                           use_bn=True, dropout_rate=0.0)
+  mesh = jax.make_mesh((2, 4, 1), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  rules = (("batch", ("data", "fsdp")), ("conv_out", ("data", "fsdp")))
+  with pytest.raises(ConfigError, match=r"params/conv1/kernel of shape \(3, 3, 8, 12\)"
+                     r".*'data' x 'fsdp' \(8 parts\).*mesh\.data, mesh\.fsdp"):
+    abstract_train_state(model, _tx(), IMAGE, 0, mesh, rules)
+
+
+def test_dimensions_that_divide_pass_the_check():
+  model = models.get_model("mlp", num_classes=10, hidden_sizes=(16, 16))
+  mesh = jax.make_mesh((1, 8, 1), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  state, _ = abstract_train_state(model, _tx(), IMAGE, 0, mesh, sharding.RULES_FSDP)
+  assert state.params["head"]["kernel"].sharding.spec == P("fsdp", None)
