@@ -58,6 +58,7 @@ Here, a few steps at toy size (synthetic 32x32 images, batch 16, float32):
         --workdir=/tmp/r50_lars_local
 """
 from jaxtrain.config import base_config
+from jaxtrain.data import presets
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 BATCH = 32768
@@ -71,14 +72,7 @@ def get_config(arg=None):
   c.model.name = "resnet50"
   c.model.bn_group_size = 4
   c.model.zero_init_last_bn = True
-  c.data.source = "tfds"
-  c.data.name = "imagenet2012"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_shape = (224, 224, 3)
-  c.data.train_transforms = "decode|random_resized_crop(224)|flip|normalize"
-  c.data.eval_transforms = "decode|center_crop(224, crop_ratio=0.875)|normalize"
-  c.data.num_workers = 8
+  presets.imagenet(c.data)
   c.optimizer.name = "lars"
   c.optimizer.learning_rate = 31.2
   c.optimizer.momentum = 0.9
@@ -109,14 +103,9 @@ def get_config(arg=None):
 
 def _runlocal(c) -> None:
   """Same model, optimizer and transforms at toy size, on synthetic images."""
-  c.data.source = "synthetic"
-  c.data.synthetic.image_shape = (40, 40, 3)
-  c.data.synthetic.num_classes = 10
-  c.data.synthetic.num_examples = 64
-  c.data.image_shape = (32, 32, 3)
+  presets.synthetic_images(c.data, 32, num_examples=64, stored_size=40)
   c.data.train_transforms = "random_resized_crop(32)|flip|normalize"
   c.data.eval_transforms = "center_crop(32, crop_ratio=0.875)|normalize"
-  c.data.num_workers = 0
   c.model.bn_group_size = 2
   c.optimizer.schedule.warmup_steps = 2
   c.train.batch_size = 16

@@ -41,6 +41,7 @@ noise of 1,000 classes) for pipeline and compile checks; shrink its budget with
 import ml_collections
 
 from jaxtrain.config import base_config
+from jaxtrain.data import presets
 from jaxtrain.study.grid import study_defaults
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -53,14 +54,7 @@ def get_config(arg=None):
   c.model.name = "resnet50"
   c.model.bn_group_size = None
   c.model.zero_init_last_bn = True
-  c.data.source = "tfds"
-  c.data.name = "imagenet2012"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_shape = (224, 224, 3)
-  c.data.train_transforms = "decode|random_resized_crop(224)|flip|normalize"
-  c.data.eval_transforms = "decode|center_crop(224, crop_ratio=0.875)|normalize"
-  c.data.num_workers = 8
+  presets.imagenet(c.data)
   c.data.synthetic.num_examples = IMAGENET_TRAIN_IMAGES  # same epochs -> steps
   c.train.eval_batch_size = 4096
   c.train.label_smoothing = 0.1

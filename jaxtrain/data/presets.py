@@ -1,0 +1,55 @@
+"""Input sections of the standard datasets, shared by experiment files.
+
+Experiment files (big_vision-style `get_config`) set `config.data` for the dataset
+they train on; these functions hold the parts several recipes share, so the TFDS
+names, splits and statistics are written once.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+CIFAR_MEAN = (125.3, 123.0, 113.9)  # 0..255 units, as fb.resnet.torch and WRN
+CIFAR_STD = (63.0, 62.1, 66.7)
+
+
+def cifar10(data: ml_collections.ConfigDict, num_workers: int = 4) -> None:
+  """TFDS `cifar10`; train: 4-pixel pad + random 32x32 crop + flip (He et al. 2015,
+  section 4.2); both: per-channel mean/std normalization."""
+  data.source = "tfds"
+  data.name = "cifar10"
+  data.train_split, data.eval_split = "train", "test"
+  data.image_shape = (32, 32, 3)
+  norm = f"normalize(mean={list(CIFAR_MEAN)}, std={list(CIFAR_STD)})"
+  data.train_transforms = f"decode|random_crop(32, padding=4)|flip|{norm}"
+  data.eval_transforms = f"decode|{norm}"
+  data.num_workers = num_workers
+
+
+def imagenet(data: ml_collections.ConfigDict, train_size: int = 224,
+             eval_size: int = 224, crop_ratio: float = 0.875,
+             num_workers: int = 8) -> None:
+  """TFDS `imagenet2012`; train: Inception crop (Szegedy et al. 2015) + flip;
+  eval: central `crop_ratio` crop resized to `eval_size`; ImageNet mean/std."""
+  data.source = "tfds"
+  data.name = "imagenet2012"
+  data.train_split, data.eval_split = "train", "validation"
+  data.image_shape = (train_size, train_size, 3)
+  data.train_transforms = f"decode|random_resized_crop({train_size})|flip|normalize"
+  data.eval_transforms = (f"decode|center_crop({eval_size}, crop_ratio={crop_ratio})"
+                          "|normalize")
+  data.num_workers = num_workers
+
+
+def synthetic_images(data: ml_collections.ConfigDict, size: int,
+                     num_classes: int = 10, num_examples: int = 128,
+                     stored_size: int | None = None) -> None:
+  """Random images in place of the dataset, for `runlocal` variants on a CPU.
+
+  Synthetic images arrive decoded: the caller sets transforms without `decode`.
+  """
+  data.source = "synthetic"
+  data.synthetic.image_shape = (stored_size or size, stored_size or size, 3)
+  data.synthetic.num_classes = num_classes
+  data.synthetic.num_examples = num_examples
+  data.image_shape = (size, size, 3)
+  data.num_workers = 0
