@@ -5,6 +5,20 @@ precision as in Micikevicius et al. 2017 (arXiv 1710.03740) with bfloat16, which
 no loss scaling (Kalamkar et al. 2019, arXiv 1905.12322): parameters, optimizer state,
 logits, loss and batch-norm statistics stay float32.
 
+Gradients are reduced across replicas in float32. Under `jit` the partitioner
+inserts the cross-replica all-reduce (or reduce-scatter) right after the op that
+contracts the batch, in that op's output dtype: with `flax.linen.Dense` /
+`flax.linen.Conv` at `dtype=bfloat16` that is the bfloat16 weight-gradient dot or
+convolution, before the cast's gradient turns it into float32, so the sum over
+replicas runs in bfloat16 (jax-ml/jax#27496). Casting the parameters elsewhere does
+not move it. `Dense` and `Conv` below (same variables as flax's) compute the weight
+gradient with a float32 result instead: the sum over 1024 replicas keeps float32's
+24 bits, as in the TPU reference (TF `bfloat16_scope` variables are float32 and
+`CrossShardOptimizer` sums their float32 gradients) and in Flax's `pmap` ImageNet
+example (`lax.pmean` of float32 gradients). Biases are added in float32 for the
+same reason, then the output is cast to the compute dtype. Other parameters that
+meet bfloat16 activations should do the same: combine in float32, then cast.
+
 Op formulation (`impl`): the same model math written two ways, with the same
 variables. ``reference`` is the textbook form (`nn.Conv` everywhere, batch norm
 differentiated by autodiff); ``fused`` is the form XLA:CPU runs fast (1x1 convolutions
@@ -16,9 +30,13 @@ reaches checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen import dtypes as flax_dtypes
 
 from jaxtrain.errors import ConfigError
 
@@ -70,3 +88,88 @@ def make_policy(compute_dtype: str, platform: str | None = None,
                       choices=("auto", *_DTYPES))
   return Policy(compute_dtype=_DTYPES[compute_dtype],
                 impl=resolve_impl(impl, platform, field="precision.impl"))
+
+
+def _float32_weight_grad(op: Callable[[jax.Array, jax.Array], jax.Array]
+                         ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """`op(x, w)` computed in x's dtype, differentiated with w's cotangent in w's dtype.
+
+  `op` is linear in each argument (a dot or a convolution). Forward and input
+  gradient are what autodiff gives for `op(x, w.astype(x.dtype))`. The weight
+  gradient is the same contraction over the batch with operands widened to w's
+  dtype, so its result, which the partitioner reduces across replicas, is float32;
+  XLA folds the exact widening converts into the op (bfloat16 operands, float32
+  accumulation and result: what the MXU computes anyway).
+  """
+
+  @jax.custom_vjp
+  def apply(x, w):
+    return op(x, w.astype(x.dtype))
+
+  def fwd(x, w):
+    return apply(x, w), (x, w)
+
+  def bwd(res, g):
+    x, w = res
+    dx = jax.linear_transpose(lambda x_: op(x_, w.astype(x.dtype)), x)(g)[0]
+    wide = x.astype(w.dtype)
+    dw = jax.linear_transpose(lambda w_: op(wide, w_), w)(g.astype(w.dtype))[0]
+    return dx, dw
+
+  apply.defvjp(fwd, bwd)
+  return apply
+
+
+def _with_weight_grad_dtype(op: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """`op(lhs, rhs, *args, **kwargs)` with `rhs` (the weight) kept in its dtype."""
+
+  @functools.wraps(op)
+  def wrapped(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+    bound = lambda x, w: op(x, w, *args, **kwargs)  # noqa: E731
+    if lhs.dtype == rhs.dtype:  # float32 compute: exactly the plain op
+      return bound(lhs, rhs)
+    return _float32_weight_grad(bound)(lhs, rhs)
+
+  return wrapped
+
+
+dot_general = _with_weight_grad_dtype(jax.lax.dot_general)
+conv_general_dilated = _with_weight_grad_dtype(jax.lax.conv_general_dilated)
+
+
+def promote_inputs(*args: Any, dtype: Any = None, inexact: bool = True) -> list[Any]:
+  """flax's `promote_dtype` for `Dense`/`Conv`: casts the input, not the parameters.
+
+  The kernel stays in its (float32) dtype for `dot_general` / `conv_general_dilated`
+  to cast; the bias stays float32 and is added before the output cast.
+  """
+  if dtype is None:
+    return flax_dtypes.promote_dtype(*args, dtype=None, inexact=inexact)
+  inputs, *params = args
+  return [jnp.asarray(inputs, dtype), *params]
+
+
+class Dense(nn.Dense):
+  """`flax.linen.Dense` whose kernel and bias gradients are float32 (module docstring).
+
+  Same variables and, at float32, the same values; output in `dtype`.
+  """
+  promote_dtype: Any = promote_inputs
+  dot_general: Any = dot_general
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    y = super().__call__(inputs)
+    return y if self.dtype is None else y.astype(self.dtype)
+
+
+class Conv(nn.Conv):
+  """`flax.linen.Conv` whose kernel and bias gradients are float32 (module docstring).
+
+  Same variables and, at float32, the same values; output in `dtype`.
+  """
+  promote_dtype: Any = promote_inputs
+  conv_general_dilated: Any = conv_general_dilated
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    y = super().__call__(inputs)
+    return y if self.dtype is None else y.astype(self.dtype)

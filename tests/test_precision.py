@@ -6,15 +6,21 @@ bfloat16; parameters, optimizer state, batch-norm statistics, logits and loss st
 float32. Checked on one real train step of the runner, and by training the default
 digits experiment in both precisions.
 """
+import collections
+import functools
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxtrain import config as config_lib
 from jaxtrain import precision, runner
 from jaxtrain.errors import ConfigError
+from jaxtrain.parallel import collectives as coll
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
 from jaxtrain.state import create_train_state
@@ -119,3 +125,88 @@ def test_bfloat16_digits_accuracy_within_half_a_point_of_float32(tmp_path):
   bf16 = _train_accuracy("bfloat16", str(tmp_path / "bf16"))
   assert f32 >= 0.98
   assert abs(bf16 - f32) <= 0.005, f"float32 {f32:.4f}, bfloat16 {bf16:.4f}"
+
+
+# --- gradients reduced across replicas in float32 ---------------------------------
+
+
+class _ConvNet(nn.Module):
+  """conv 3x3 (bias) -> relu -> conv 3x3/2 (no bias) -> dense (bias) -> dense head."""
+  conv: type
+  dense: type
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(self.conv(8, (3, 3), dtype=self.dtype)(x.astype(self.dtype)))
+    x = self.conv(16, (3, 3), strides=(2, 2), use_bias=False, dtype=self.dtype)(x)
+    x = nn.relu(self.dense(32, dtype=self.dtype)(x.reshape(x.shape[0], -1)))
+    return self.dense(10, dtype=jnp.float32)(x)
+
+
+LAYERS = {"flax": (nn.Conv, nn.Dense), "jaxtrain": (precision.Conv, precision.Dense)}
+IMAGES = jax.random.normal(jax.random.PRNGKey(1), (16, 8, 8, 3))
+
+
+@functools.lru_cache(maxsize=None)
+def _data_parallel_grad(layers: str, dtype):
+  """(jitted grad over 8 data-parallel devices, params, partitioned HLO)."""
+  model = _ConvNet(*LAYERS[layers], dtype)
+  params = model.init(jax.random.PRNGKey(0), IMAGES[:1])["params"]
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  loss = lambda p, x: jnp.mean(model.apply({"params": p}, x) ** 2)  # noqa: E731
+  grad = jax.jit(jax.grad(loss), in_shardings=(NamedSharding(mesh, P()),
+                                               NamedSharding(mesh, P("data"))),
+                 out_shardings=NamedSharding(mesh, P()))
+  return grad, params, coll.partitioned_hlo(grad.lower(params, IMAGES))
+
+
+def _all_reduced(hlo: str) -> dict[str, int]:
+  """Bytes all-reduced per dtype."""
+  totals = collections.Counter()
+  for c in coll.collectives(hlo):
+    if c.op == "all-reduce":
+      totals[c.dtype] += c.bytes
+  return dict(totals)
+
+
+def _param_bytes(params, itemsize: int) -> int:
+  return sum(x.size * itemsize for x in jax.tree.leaves(params))
+
+
+def test_flax_layers_at_bfloat16_reduce_their_weight_gradients_in_bfloat16():
+  """The problem: the partitioner reduces the bfloat16 weight-gradient dots/convs
+  (every parameter but the float32 head's), before the cast's gradient widens them."""
+  _, params, hlo = _data_parallel_grad("flax", jnp.bfloat16)
+  head = _param_bytes(params["Dense_1"], 4)
+  assert _all_reduced(hlo) == {"bf16": _param_bytes(params, 2) - head // 2,
+                               "f32": head}
+
+
+def test_policy_layers_at_bfloat16_reduce_every_gradient_in_float32():
+  _, params, hlo = _data_parallel_grad("jaxtrain", jnp.bfloat16)
+  # Each parameter's gradient once, float32: the traffic of a float32 model.
+  assert _all_reduced(hlo) == {"f32": _param_bytes(params, 4)}
+  assert "bf16" in hlo  # ... while the convolutions and matmuls run in bfloat16
+
+
+def test_policy_layers_have_flax_variables_and_float32_values():
+  grad_flax, params, _ = _data_parallel_grad("flax", jnp.float32)
+  grad_ours, ours, _ = _data_parallel_grad("jaxtrain", jnp.float32)
+  assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, params)
+  for a, b in zip(jax.tree.leaves(grad_flax(params, IMAGES)),
+                  jax.tree.leaves(grad_ours(params, IMAGES))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_policy_layers_bfloat16_gradients_are_float32_and_close_to_float32_model():
+  grad_f32, params, _ = _data_parallel_grad("flax", jnp.float32)
+  grad_bf16, _, _ = _data_parallel_grad("jaxtrain", jnp.bfloat16)
+  want, got = grad_f32(params, IMAGES), grad_bf16(params, IMAGES)
+  for path, w in jax.tree_util.tree_flatten_with_path(want)[0]:
+    g = got
+    for k in path:
+      g = g[k.key]
+    assert g.dtype == jnp.float32
+    # bfloat16 activations (8 significant bits) through three layers.
+    assert float(jnp.max(jnp.abs(g - w))) <= 0.03 * float(jnp.max(jnp.abs(w))), path

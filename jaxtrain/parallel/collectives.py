@@ -19,12 +19,19 @@ Conventions:
     an async all-gather / collective-permute start is `(operands, outputs, ...)`;
     only the outputs count.
   - The count is static: an op inside a loop body is counted once, not per iteration.
+
+Dtypes: XLA:CPU promotes bfloat16 all-reduces to float32 after partitioning (its
+`all-reduce-promotion` pass), so on CPU the dtype the partitioner chose, which TPU
+and GPU run as is, is read from `partitioned_hlo`, not from the final program.
 """
 from __future__ import annotations
 
+import glob
 import math
+import os
 import re
-from typing import Iterable, NamedTuple
+import tempfile
+from typing import Any, Iterable, NamedTuple
 
 OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
        "collective-permute", "collective-broadcast", "ragged-all-to-all")
@@ -130,3 +137,20 @@ def format_summary(totals: dict[str, OpTotal]) -> str:
   width = max(len(op) for op in totals)
   return "\n".join(f"{op:<{width}}  {t.count:6d} arrays  {t.bytes / 2**20:12.3f} MiB"
                    for op, t in totals.items())
+
+
+def partitioned_hlo(lowered: Any) -> str:
+  """HLO text of `lowered` (a `jax.stages.Lowered`) right after SPMD partitioning.
+
+  Compiles it once more with XLA's pass dump on for that pass only: the collectives
+  as the partitioner emitted them, before backend passes change their dtypes.
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    lowered.compile(compiler_options={"xla_dump_to": tmp,
+                                      "xla_dump_hlo_pass_re": "spmd-partitioning"})
+    found = sorted(glob.glob(os.path.join(tmp, "*after_spmd-partitioning*.txt")))
+    if not found:
+      raise RuntimeError("XLA wrote no after_spmd-partitioning dump (a program "
+                         "compiled for one device is not partitioned)")
+    with open(found[-1], encoding="utf-8") as f:
+      return f.read()
