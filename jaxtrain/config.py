@@ -37,6 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = ml_collections.ConfigDict({"name": "cnn"})
+  # Loss options live beside loss.name (jaxtrain.losses: registry and batch contract).
+  c.loss = ml_collections.ConfigDict({"name": "softmax_cross_entropy"})
   c.data = sources.default_config()
   c.optimizer = optim.default_config()
   c.train = ml_collections.ConfigDict(dict(
@@ -98,10 +100,13 @@ def _set_field(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
     node = node[part]
   if not isinstance(node, ml_collections.ConfigDict):
     raise ConfigError(key, raw, f"config.{'.'.join(parents)} is not a section")
-  if leaf not in node and not _is_model_kwarg(config, parents, leaf):
+  if (leaf not in node and not _is_model_kwarg(config, parents, leaf)
+      and not _is_loss_option(node, parents, leaf)):
     known = _keys(node)
     if parents == ["model"]:
       known += list(_model_options(config.model.name))
+    if parents == ["loss"]:
+      known += _loss_options(node)
     _unknown(key, known, raw)
   old = node[leaf] if leaf in node else None
   value = _parse(raw, old)
@@ -126,6 +131,18 @@ def _is_model_kwarg(config, parents, leaf) -> bool:
     return leaf in _model_options(config.model.name)
   except ConfigError:
     return False
+
+
+def _loss_options(section: ml_collections.ConfigDict) -> list[str]:
+  from jaxtrain import losses  # pylint: disable=g-import-not-at-top
+  try:
+    return losses.option_names(section)
+  except ConfigError:
+    return []
+
+
+def _is_loss_option(node, parents, leaf) -> bool:
+  return parents == ["loss"] and leaf in _loss_options(node)
 
 
 def _keys(node: Any) -> list[str]:
@@ -158,9 +175,11 @@ def _parse(raw: str, old: Any) -> Any:
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every section; raises ConfigError for the first bad field."""
   base = base_config()
-  _check_keys(config, base, "", skip={"model", "optimizer"})
+  _check_keys(config, base, "", skip={"model", "optimizer", "loss"})
   _check_model(config)
   _check_train(config.train)
+  from jaxtrain import losses  # pylint: disable=g-import-not-at-top
+  losses.check_config(config)
   _check_choice("precision.compute_dtype", config.precision.compute_dtype, PRECISIONS)
   _check_choice("checkpoint.restore", config.checkpoint.restore, RESTORE_MODES)
   _check_int("checkpoint.every", config.checkpoint.every, minimum=0)

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
 from jaxtrain import metrics as metrics_lib
-from jaxtrain import models, optim, precision, step as step_lib
+from jaxtrain import losses, models, optim, precision, step as step_lib
 from jaxtrain.data import pipeline, sources
 from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import mesh as mesh_lib
@@ -103,8 +103,8 @@ def make_jitted_steps(exp: Experiment, state: TrainState, shardings: Any):
     gives the zeroed metric sums. Call or `.lower()` them under
     `sharding.activate(exp.mesh, config.sharding.rules)`.
   """
-  train_step = step_lib.make_train_step(
-      exp.model, exp.tx, label_smoothing=exp.config.train.label_smoothing)
+  train_step = step_lib.make_train_step(exp.model, exp.tx,
+                                        loss=losses.from_config(exp.config))
 
   def train_and_sum(state, total, batch):
     state, m = train_step(state, batch)
@@ -142,8 +142,8 @@ def make_jitted_block(exp: Experiment, shardings: Any):
   k = exp.config.train.steps_per_dispatch
   if k == 1:
     return None
-  train_step = step_lib.make_train_step(
-      exp.model, exp.tx, label_smoothing=exp.config.train.label_smoothing)
+  train_step = step_lib.make_train_step(exp.model, exp.tx,
+                                        loss=losses.from_config(exp.config))
 
   def block(state, total, batches, n):
     def body(carry, xs):
