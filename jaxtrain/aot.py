@@ -26,7 +26,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import sys
 import time
 from typing import Any
@@ -41,6 +40,7 @@ from jax.sharding import Mesh
 from jaxtrain import runner
 from jaxtrain.data import builders, tfds_source, transforms
 from jaxtrain.errors import ConfigError
+from jaxtrain.parallel import collectives
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
 from jaxtrain.state import abstract_train_state
@@ -273,39 +273,12 @@ def _flops(compiled: Any) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-_OP = re.compile(r"=\s*(?P<shape>.+?)\s+(?P<op>all-reduce|all-gather|reduce-scatter|"
-                 r"all-to-all|collective-permute)(?P<phase>-start|-done)?\(")
-_ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
-
-
-def _parse_collectives(hlo_text: str) -> list[tuple[str, str, int]]:
-  """(op, dtype, bytes) per array; fallback for `jaxtrain.parallel.collectives`.
-
-  Sync ops and async `-done` ops, whose result shape is the moved array(s), count.
-  """
-  found = []
-  for line in hlo_text.splitlines():
-    m = _OP.search(re.sub(r"/\*.*?\*/", "", line))
-    if m is None or m["phase"] == "-start":
-      continue
-    for dtype, dims in _ARRAY.findall(m["shape"]):
-      bits = 8 if dtype == "pred" else int(re.sub(r"\D", "", dtype) or 0)
-      size = math.prod(int(d) for d in dims.split(",") if d)
-      found.append((m["op"], dtype, size * bits // 8))
-  return found
-
-
 def _collectives(hlo_text: str) -> list[tuple[str, str, int, int]]:
   """(op, dtype, arrays, bytes per device) of every collective in the program."""
-  try:
-    from jaxtrain.parallel import collectives  # pylint: disable=g-import-not-at-top
-    found = [(c.op, c.dtype, c.bytes) for c in collectives.collectives(hlo_text)]
-  except ImportError:  # written alongside this module; see _parse_collectives
-    found = _parse_collectives(hlo_text)
   totals: dict[tuple[str, str], tuple[int, int]] = {}
-  for op, dtype, size in found:
-    count, total = totals.get((op, dtype), (0, 0))
-    totals[(op, dtype)] = (count + 1, total + size)
+  for c in collectives.collectives(hlo_text):
+    count, total = totals.get((c.op, c.dtype), (0, 0))
+    totals[(c.op, c.dtype)] = (count + 1, total + c.bytes)
   return [(op, dtype, n, b) for (op, dtype), (n, b) in sorted(totals.items())]
 
 

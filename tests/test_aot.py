@@ -10,7 +10,6 @@ weights; Kaplan et al. 2020, arXiv 2001.08361, sec. 2.1).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -124,7 +123,7 @@ def test_more_cpu_devices_than_exist_names_the_flag(tmp_path, capsys):
   assert "xla_force_host_platform_device_count=64" in err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+@pytest.mark.skipif(not aot.libtpu_available(),
                     reason="libtpu not installed (pip install -e '.[tpu]')")
 def test_v4_topology_compile_reports_tpu_memory_flops_and_all_reduce(tmp_path):
   report_path = tmp_path / "report.json"
