@@ -1,9 +1,10 @@
-"""The pure train and eval steps, and the classification loss.
+"""The pure train and eval steps.
 
 `make_train_step` returns `step(state, batch) -> (state, metrics)`: forward, loss,
 gradients, update, all in one XLA program when jitted. Metrics are sums with a
 `count`, so they add up exactly across steps, devices and hosts; the host divides at
-log time. Logits and loss are float32 whatever the compute dtype.
+log time. Logits and loss are float32 whatever the compute dtype. Losses live in
+`jaxtrain.losses` (registry, batch contract incl. ``teacher_logits``).
 """
 from __future__ import annotations
 
@@ -14,29 +15,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtrain import losses
+from jaxtrain.losses import cross_entropy  # noqa: F401  (public: jaxtrain.cross_entropy)
 from jaxtrain.state import TrainState
 
 Metrics = dict[str, jax.Array]
 TrainStep = Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Metrics]]
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array,
-                  label_smoothing: float = 0.0,
-                  targets: jax.Array | None = None) -> jax.Array:
-  """Per-example softmax cross-entropy in float32, with label smoothing.
-
-  Label smoothing (Szegedy et al. 2016, arXiv 1512.00567): targets
-  (1 - eps) * one_hot + eps / num_classes. `targets`, when given, are soft labels
-  (mixup/cutmix from the input pipeline) used instead of one-hot `labels`, and are
-  smoothed the same way (as timm's Mixup does).
-  """
-  logits = logits.astype(jnp.float32)
-  if targets is None:
-    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
-  targets = targets.astype(jnp.float32)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
+TeacherFn = Callable[[jax.Array], jax.Array]
 
 
 def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -80,7 +65,8 @@ def _apply(model: nn.Module, params, model_state, images, train: bool, rng):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
-                    label_smoothing: float = 0.0) -> TrainStep:
+                    label_smoothing: float = 0.0, loss: losses.Loss | None = None,
+                    teacher_fn: TeacherFn | None = None) -> TrainStep:
   """Builds the pure train step.
 
   An update whose loss or gradients are not finite is dropped inside the step:
@@ -93,33 +79,47 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   Args:
     model: a Flax linen module applied as `model.apply(vars, x, train=...)`.
     tx: the optax transformation.
-    label_smoothing: see `cross_entropy`.
+    label_smoothing: label smoothing of the default softmax cross-entropy; give
+      either this or `loss`.
+    loss: per-example loss `loss(logits, batch)` (`jaxtrain.losses`, e.g.
+      `losses.from_config(config)`); its mean over the batch is minimised.
+    teacher_fn: `images -> teacher logits` (e.g. a closure over a restored
+      teacher's variables, applied with ``train=False``), called inside the step
+      when the batch has no ``teacher_logits`` (distillation); its gradient is
+      stopped.
   """
+  if loss is None:
+    loss = losses.SoftmaxCrossEntropy(label_smoothing)
+  elif label_smoothing:
+    raise ValueError("give label_smoothing as an option of `loss`, not both")
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
+    if teacher_fn is not None and losses.TEACHER_LOGITS not in batch:
+      batch = {**batch, losses.TEACHER_LOGITS:
+               jax.lax.stop_gradient(teacher_fn(batch["image"]))}
 
     def loss_fn(params):
       logits, model_state = _apply(model, params, state.model_state, batch["image"],
                                    True, rng)
-      loss = cross_entropy(logits, batch["label"], label_smoothing,
-                           batch.get("targets"))
-      return jnp.mean(loss), (logits, loss, model_state)
+      per_example = loss(logits, batch)
+      return jnp.mean(per_example), (logits, per_example, model_state)
 
-    grads, (logits, loss, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (logits, per_example, model_state) = jax.grad(
+        loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # One sum of squares per leaf: Inf and NaN both survive it.
     leaf_ok = jnp.stack([jnp.isfinite(jnp.sum(jnp.square(g.astype(jnp.float32))))
                          for g in jax.tree.leaves(grads)])
-    finite = jnp.isfinite(jnp.sum(loss)) & jnp.all(leaf_ok)
+    finite = jnp.isfinite(jnp.sum(per_example)) & jnp.all(leaf_ok)
     params, opt_state, model_state = jax.tree.map(
         lambda n, o: jnp.where(finite, n, o), (params, opt_state, model_state),
         (state.params, state.opt_state, state.model_state))
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                         model_state=model_state)
-    metrics = _classification_sums(logits, batch["label"], loss,
-                                   jnp.ones_like(loss))
+    metrics = _classification_sums(logits, batch["label"], per_example,
+                                   jnp.ones_like(per_example))
     metrics.update(_nonfinite_metrics(finite, leaf_ok, state.step))
     return new, metrics
 
@@ -157,15 +157,21 @@ def reset(total: Metrics) -> Metrics:
   return out
 
 
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict[str, jax.Array]],
-                                                 Metrics]:
-  """Builds `eval_step(state, batch) -> metric sums`, weighting rows by `mask`."""
+def make_eval_step(model: nn.Module, loss: losses.Loss | None = None
+                   ) -> Callable[[TrainState, dict[str, jax.Array]], Metrics]:
+  """Builds `eval_step(state, batch) -> metric sums`, weighting rows by `mask`.
+
+  `loss` defaults to plain softmax cross-entropy (no smoothing), comparable across
+  training losses; eval batches carry no teacher logits (for distillation give its
+  `hard` loss, if anything).
+  """
+  loss = losses.SoftmaxCrossEntropy() if loss is None else loss
 
   def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
     logits, _ = _apply(model, state.params, state.model_state, batch["image"],
                        False, None)
-    loss = cross_entropy(logits, batch["label"])
-    return _classification_sums(logits, batch["label"], loss, batch["mask"])
+    per_example = loss(logits, {"label": batch["label"]})
+    return _classification_sums(logits, batch["label"], per_example, batch["mask"])
 
   return eval_step
 
