@@ -26,6 +26,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxtrain.errors import ConfigError
 
@@ -47,7 +48,9 @@ class Checkpointer:
   """Saves every `every` steps (and on demand), keeps the newest `keep`."""
 
   def __init__(self, workdir: str, every: int, keep: int, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    # gs:// (any URL) as given: abspath would turn it into a local "gs:/..." path.
+    base = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
+    self.directory = f"{base}/checkpoints"
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
     self._every = every
@@ -81,12 +84,12 @@ class Checkpointer:
   def _set_aside(self, step: int, error: Exception,
                  report: Callable[[str], None]) -> None:
     """Moves an unreadable step out of Orbax's sight; keeps it for inspection."""
-    path = os.path.join(self.directory, str(step))
-    aside = path + ".corrupt"
-    while os.path.exists(aside):
-      aside += "_"
-    if jax.process_index() == 0 and os.path.exists(path):
-      os.rename(path, aside)
+    path = epath.Path(self.directory) / str(step)  # epath: local or gs://
+    aside = path.with_name(f"{step}.corrupt")
+    while aside.exists():
+      aside = aside.with_name(aside.name + "_")
+    if jax.process_index() == 0 and path.exists():
+      path.rename(aside)
     report(f"Checkpoint at step {step} is incomplete or corrupt "
            f"({type(error).__name__}: {str(error)[:200]}); moved it to {aside} and "
            "trying the one before")

@@ -3,6 +3,12 @@
 Only process 0 writes. Values arrive as host floats, already divided by their counts.
 `metrics.jsonl` has one object per logged step: `{"step": k, "train/loss": ...}`;
 timing fields (TIMING_KEYS) are the only ones that differ between identical runs.
+
+Workdirs on object stores (`gs://...`, through etils.epath and gcsfs) work too. An
+object cannot be appended to, so there `metrics.jsonl` is kept in memory and the
+whole object rewritten at most every `ObjectLog.min_interval` seconds (GCS allows
+about one write per second to one object name) and at close; TensorBoard files go
+through tensorboardX's own `gs://` writer (google-cloud-storage).
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import datetime
 import json
 import os
 import sys
+import threading
 import time
 from typing import Mapping
 
@@ -33,6 +40,74 @@ def averages(sums: Mapping[str, np.ndarray], prefix: str) -> dict[str, float]:
   return out
 
 
+def is_remote(workdir: str) -> bool:
+  """True for object-store workdirs (gs://, s3://...), which have no local files."""
+  return "://" in workdir
+
+
+class ObjectLog:
+  """A text log on an object store, appended to by rewriting the whole object.
+
+  GCS objects are immutable (gcsfs opens "a" as "w"), and one object name takes
+  about one write per second. Lines are buffered; `flush` uploads at once when the
+  last upload is `min_interval` s old, else a timer uploads them when it is, so a
+  line reaches the store within `min_interval` s even if the process is then
+  killed. The object's earlier content is read at the first write, after the
+  runner has cut the log back to the restored step.
+  """
+  min_interval = 2.0
+
+  def __init__(self, path: epath.Path):
+    self._path = path
+    self._chunks: list[str] | None = None  # None: earlier content not read yet
+    self._dirty = False
+    self._last_upload = -float("inf")
+    self._timer: threading.Timer | None = None
+    self._lock = threading.Lock()
+
+  def write(self, text: str) -> None:
+    with self._lock:
+      if self._chunks is None:
+        self._chunks = [self._path.read_text()] if self._path.exists() else []
+      self._chunks.append(text)
+      self._dirty = True
+
+  def flush(self) -> None:
+    with self._lock:
+      wait = self._last_upload + self.min_interval - time.monotonic()
+      if wait <= 0:
+        self._upload()
+      elif self._timer is None and self._dirty:
+        self._timer = threading.Timer(wait, self._upload_later)
+        self._timer.daemon = True
+        self._timer.start()
+
+  def _upload(self) -> None:  # holds the lock
+    if self._dirty:
+      text = "".join(self._chunks)
+      self._chunks = [text]
+      self._path.write_text(text)
+      self._dirty = False
+    self._last_upload = time.monotonic()
+
+  def _upload_later(self) -> None:
+    with self._lock:
+      self._timer = None
+      try:
+        self._upload()
+      except Exception as e:  # pylint: disable=broad-except
+        # The next flush or close retries; the training thread must not die here.
+        sys.stderr.write(f"jaxtrain: warning: could not write {self._path}: {e}\n")
+
+  def close(self) -> None:
+    """Uploads what is pending (raises on a storage error)."""
+    with self._lock:
+      if self._timer is not None:
+        self._timer.cancel()
+        self._timer = None
+      self._upload()
+
+
 class Writer:
   """Writes to console, JSONL and TensorBoard; a no-op on processes other than 0."""
 
@@ -47,8 +122,12 @@ class Writer:
     # epath: the same code writes local paths and gs:// workdirs (with gcsfs).
     root = epath.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
-    self._jsonl = (root / "metrics.jsonl").open("a")
+    if is_remote(workdir):
+      self._jsonl = ObjectLog(root / "metrics.jsonl")
+    else:
+      self._jsonl = (root / "metrics.jsonl").open("a")
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    # os.path.join keeps "gs://"; tensorboardX writes gs:// with google-cloud-storage.
     self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=10)
 
   def write(self, step: int, values: Mapping[str, float]) -> None:
@@ -92,5 +171,5 @@ class Writer:
     for f in (self._jsonl, self._tb):
       try:
         f.close()
-      except OSError as e:
+      except Exception as e:  # pylint: disable=broad-except  (OSError, GCS API errors)
         sys.stderr.write(f"jaxtrain: warning: could not close a metrics file: {e}\n")
