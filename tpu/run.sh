@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start `jaxtrain train` on every worker of a TPU VM slice at once, in the background;
-# stream the workers' logs back (--tail) or stop the run with SIGTERM (--stop).
+# Start `jaxtrain train` (or `sweep`, `lr-find`) on every worker of a TPU VM slice at
+# once, in the background; stream the workers' logs back (--tail) or stop the run with
+# SIGTERM (--stop).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=common.sh
@@ -9,25 +10,35 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 usage() {
   cat <<EOF
 Usage: $PROG --project=P --zone=Z --name=NAME --config=FILE --workdir=gs://BUCKET/DIR [options] [-- --config.SECTION.FIELD=VALUE ...]
+       $PROG --project=P --zone=Z --name=NAME --command=sweep|lr-find --config=FILE --workdir=DIR [options] [-- ARGS ...]
        $PROG --project=P --zone=Z --name=NAME --tail [--run=RUN] [--lines=N] [--worker=W]
        $PROG --project=P --zone=Z --name=NAME --stop [--run=RUN]
 
-Start 'jaxtrain train --config=FILE --workdir=DIR [overrides]' on all workers at once
-(gcloud compute tpus tpu-vm ssh --worker=all), detached with nohup/setsid so a dropped
-ssh connection does not stop it. Each worker appends its output to
+Start 'jaxtrain COMMAND --config=FILE --workdir=DIR [args]' (COMMAND: train, sweep
+or lr-find) on all workers at once (gcloud compute tpus tpu-vm ssh --worker=all),
+detached with nohup/setsid so a dropped ssh connection does not stop it. Each worker appends its output to
 ~/$LOG_DIR/RUN.log and keeps the process id in ~/$LOG_DIR/RUN.pid. Multi-host
-start-up needs no flags on Cloud TPU. Arguments after '--' are passed to jaxtrain as
-config overrides, each one as a single argument whatever it contains (spaces, quotes,
-commas, brackets). Running the same command again with the same --workdir resumes from
-the newest complete checkpoint. A worker that still runs a jaxtrain job refuses to
+start-up needs no flags on Cloud TPU. Arguments after '--' are passed to jaxtrain,
+each one as a single argument whatever it contains (spaces, quotes, commas,
+brackets): config overrides --config.SECTION.FIELD=VALUE and, for lr-find, its own
+flags ($LR_FIND_FLAGS_HELP). Running the same command again with the same
+--workdir resumes (train: from the newest complete checkpoint; sweep: skipping the
+trials already in its results). A worker that still runs a jaxtrain job refuses to
 start another (the TPU can only be used by one process).
+
+sweep and lr-find write their results with local file I/O, not to gs://: give them a
+--workdir on the workers' disks (a relative path is under --remote-dir); the results
+are on worker 0 (process 0 writes them), e.g.
+  gcloud compute tpus tpu-vm scp --worker=0 NAME:jaxtrain/DIR/report.md . --zone=Z
 
 Flags:
 $COMMON_HELP
 $SSH_HELP
-  --config=FILE         experiment module, relative to the source directory on the
-                        workers (e.g. experiments/resnet50_imagenet_lars.py)
-  --workdir=DIR         run directory shared by all workers: gs://BUCKET/PATH
+  --command=COMMAND     jaxtrain subcommand to start: train, sweep or lr-find [train]
+  --config=FILE         experiment (or study) module, relative to the source directory
+                        on the workers (e.g. experiments/resnet50_imagenet_lars.py)
+  --workdir=DIR         train: run directory shared by all workers, gs://BUCKET/PATH;
+                        sweep, lr-find: a directory on the workers (not gs://)
   --run=RUN             run name, for the log and pid files [last part of --workdir]
   --env=KEY=VALUE       set an environment variable for jaxtrain (repeatable),
                         e.g. --env=TFDS_DATA_DIR=gs://bucket/tfds
@@ -44,7 +55,11 @@ $SSH_HELP
 EOF
 }
 
-CONFIG="" WORKDIR="" RUN_NAME=""
+COMMAND=train CONFIG="" WORKDIR="" RUN_NAME=""
+# `jaxtrain lr-find` flags that may follow '--' (jaxtrain/study/lr_find.py add_flags).
+LR_FIND_FLAGS=(min_lr max_lr num_steps smoothing divergence_factor optimizer)
+LR_FIND_FLAGS_HELP=$(printf -- '--%s, ' "${LR_FIND_FLAGS[@]}")
+LR_FIND_FLAGS_HELP=${LR_FIND_FLAGS_HELP%, }
 REMOTE_DIR=$DEFAULT_REMOTE_DIR
 VENV=$DEFAULT_VENV
 TAIL=0 STOP=0 LINES=100 WORKER=""
@@ -56,6 +71,7 @@ while (($#)); do
     -h|--help) usage; exit 0 ;;
     --) shift; OVERRIDES=("$@"); break ;;
     --internal-ip) no_value; INTERNAL_IP=1 ;;
+    --command) want_value; COMMAND=$VAL ;;
     --config) want_value; CONFIG=$VAL ;;
     --workdir) want_value; WORKDIR=$VAL ;;
     --run) want_value; RUN_NAME=$VAL ;;
@@ -84,19 +100,41 @@ fi
 WORKER=${WORKER:-all}
 [[ $WORKER =~ ^(all|[0-9]+(,[0-9]+)*)$ ]] || die_usage "--worker=$WORKER: expected all, N or N,M,..."
 
+case $COMMAND in
+  train|sweep|lr-find) ;;
+  *) die_usage "--command=$COMMAND: expected train, sweep or lr-find" ;;
+esac
+
+# check_arg ARG: usage error unless ARG (after '--') is one jaxtrain COMMAND takes.
+check_arg() {
+  local f
+  [[ $1 == --config.?*=* ]] && return
+  if [[ $COMMAND == lr-find ]]; then
+    for f in "${LR_FIND_FLAGS[@]}"; do
+      [[ $1 == --$f=* ]] && return
+    done
+    die_usage "argument '$1' after '--': expected --config.SECTION.FIELD=VALUE or one of $LR_FIND_FLAGS_HELP"
+  fi
+  die_usage "override '$1' after '--': expected --config.SECTION.FIELD=VALUE"
+}
+
 if ((LAUNCH)); then
   require "$CONFIG" --config
   require "$WORKDIR" --workdir
-  [[ $WORKDIR == gs://* ]] ||
-    warn "--workdir=$WORKDIR is not on gs://: the workers of a pod share no local disk"
+  if [[ $COMMAND == train ]]; then
+    [[ $WORKDIR == gs://* ]] ||
+      warn "--workdir=$WORKDIR is not on gs://: the workers of a pod share no local disk"
+  elif [[ $WORKDIR == *://* ]]; then
+    die_usage "--workdir=$WORKDIR: jaxtrain $COMMAND writes its results with local file I/O; use a directory on the workers (results on worker 0), e.g. --workdir=studies/NAME"
+  fi
   for kv in ${ENVS[@]+"${ENVS[@]}"}; do
     [[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die_usage "--env=$kv: expected KEY=VALUE"
   done
   for o in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do
-    [[ $o == --config.?*=* ]] ||
-      die_usage "override '$o' after '--': expected --config.SECTION.FIELD=VALUE"
+    check_arg "$o"
   done
 else
+  [[ $COMMAND == train ]] || die_usage "--command only applies when starting a run"
   [[ -z ${OVERRIDES[*]-} ]] || die_usage "config overrides after '--' only apply when starting a run"
   [[ -z ${ENVS[*]-} ]] || die_usage "--env only applies when starting a run"
 fi
@@ -116,16 +154,16 @@ launch_script() {
   local log="$LOGS/$RUN_NAME.log" pid="$LOGS/$RUN_NAME.pid"
   local -a cmd=()
   [[ -z ${ENVS[*]-} ]] || cmd=(env "${ENVS[@]}")
-  cmd+=(jaxtrain train --config="$CONFIG" --workdir="$WORKDIR" ${OVERRIDES[@]+"${OVERRIDES[@]}"})
+  cmd+=(jaxtrain "$COMMAND" --config="$CONFIG" --workdir="$WORKDIR" ${OVERRIDES[@]+"${OVERRIDES[@]}"})
   printf '%s' "set -eu; mkdir -p $LOGS; "
   printf '%s' "for f in $LOGS/*.pid; do if [ -f \"\$f\" ] && kill -0 \"\$(cat \"\$f\")\" 2>/dev/null; then "
   printf '%s' "echo \"$HOST: jaxtrain is still running (\$f); stop it first with run.sh --stop\" >&2; exit 1; fi; done; "
   printf '%s' "cd \"\$HOME\"/$REMOTE_DIR && [ -x \"\$HOME\"/$VENV/bin/jaxtrain ] || "
   printf '%s' "{ echo \"$HOST: no ~/$REMOTE_DIR or ~/$VENV/bin/jaxtrain: run setup.sh first\" >&2; exit 1; }; "
   printf '%s' "export PATH=\"\$HOME\"/$VENV/bin:\"\$PATH\" PYTHONUNBUFFERED=1; "
-  printf '%s' "echo \"=== \$(date -u +%Y-%m-%dT%H:%M:%SZ) $HOST: start run $RUN_NAME\" >> $log; "
+  printf '%s' "echo \"=== \$(date -u +%Y-%m-%dT%H:%M:%SZ) $HOST: start run $RUN_NAME (jaxtrain $COMMAND)\" >> $log; "
   printf '%s' "nohup setsid $(shjoin "${cmd[@]}") >> $log 2>&1 < /dev/null & "
-  printf '%s' "echo \$! > $pid; echo \"$HOST: started run $RUN_NAME (pid \$!), log ~/$LOG_DIR/$RUN_NAME.log\""
+  printf '%s' "echo \$! > $pid; echo \"$HOST: started run $RUN_NAME (jaxtrain $COMMAND, pid \$!), log ~/$LOG_DIR/$RUN_NAME.log\""
 }
 
 stop_script() {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pathlib
 import pty
+import re
 import shlex
 import shutil
 import signal
@@ -113,7 +114,8 @@ HELP_FLAGS = {
     "setup.sh": ["--project", "--zone", "--name", "--internal-ip", "--repo", "--ref",
                  "--local-dir", "--remote-dir", "--venv", "--python", "--jax", "--dry-run",
                  "--help"],
-    "run.sh": ["--project", "--zone", "--name", "--internal-ip", "--config", "--workdir",
+    "run.sh": ["--project", "--zone", "--name", "--internal-ip", "--command", "--config",
+               "--workdir",
                "--run", "--env", "--remote-dir", "--venv", "--tail", "--lines", "--worker",
                "--stop", "--dry-run", "--help"],
     "delete.sh": ["--project", "--zone", "--name", "--queued", "--queued-id", "--yes",
@@ -182,6 +184,10 @@ def test_env_var_defaults(gcloud, script):
     ("setup.sh", []),
     ("setup.sh", ["--repo=https://example.com/a b.git", "--ref=v1.0", "--internal-ip"]),
     ("run.sh", ["--config=experiments/x.py", "--workdir=gs://b/r", "--", *TRICKY_OVERRIDES]),
+    ("run.sh", ["--command=sweep", "--config=experiments/scaling/x.py", "--workdir=s/r",
+                "--", *TRICKY_OVERRIDES]),
+    ("run.sh", ["--command=lr-find", "--config=experiments/x.py", "--workdir=lr",
+                "--", "--min_lr=1e-4", *TRICKY_OVERRIDES]),
     ("run.sh", ["--tail", "--run=r"]),
     ("run.sh", ["--stop"]),
     ("delete.sh", ["--yes"]),
@@ -438,6 +444,40 @@ def test_run_starts_on_all_workers_with_overrides_quoted(gcloud):
   assert words[end + 1] == "$HOME/jaxtrain-logs/r50.log"  # run name from the workdir
 
 
+@pytest.mark.parametrize("command,extra", [
+    ("sweep", []),
+    ("lr-find", ["--min_lr=1e-4", "--max_lr=3", "--num_steps=50", "--smoothing=0.9",
+                 "--divergence_factor=4", "--optimizer=it's lars (base)"]),
+])
+def test_run_starts_sweep_and_lr_find_on_all_workers(gcloud, command, extra):
+  gcloud.run("run.sh", *TPU_ARGS, f"--command={command}",
+             "--config=experiments/scaling/digits_cnn.py", "--workdir=studies/digits",
+             "--", *extra, *TRICKY_OVERRIDES)
+  (call,) = gcloud.calls()
+  assert_ssh_all(call)
+  words = shlex.split(remote_command(call))
+  start = words.index("jaxtrain")
+  end = words.index(">>", start)
+  assert words[start:end] == [
+      "jaxtrain", command, "--config=experiments/scaling/digits_cnn.py",
+      "--workdir=studies/digits", *extra, *TRICKY_OVERRIDES]
+  assert words[end + 1] == "$HOME/jaxtrain-logs/digits.log"
+
+
+def test_run_lr_find_flags_are_the_cli_flags():
+  """The flags run.sh lets through after '--' for lr-find are those of
+  `jaxtrain lr-find` (besides --config and --workdir)."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  from jaxtrain import cli  # pylint: disable=g-import-not-at-top
+  (lr_find,) = [c for c in cli._commands() if c.name == "lr-find"]  # pylint: disable=protected-access
+  parser = argparse.ArgumentParser()
+  lr_find.add_flags(parser)
+  cli_flags = {o[2:] for a in parser._actions for o in a.option_strings  # pylint: disable=protected-access
+               if o.startswith("--") and o not in ("--help", "--workdir")}
+  listed = re.search(r"^LR_FIND_FLAGS=\((.*)\)$", (TPU / "run.sh").read_text(), re.M)
+  assert set(listed.group(1).split()) == cli_flags
+
+
 def fake_jaxtrain_home(tmp: pathlib.Path) -> pathlib.Path:
   """A $HOME with ~/jaxtrain and a fake jaxtrain in ~/jaxtrain-venv/bin that writes its
   argv and environment to ~/argv and ~/env, then runs for ~/ticks tenths of a second
@@ -568,6 +608,13 @@ def test_run_derives_the_run_name_and_warns_on_local_workdir(gcloud):
     (["--env=1BAD=x"], "--env=1BAD=x"),
     (["--run=a b"], "--run=a b"),
     (["--tail", "--lines=x"], "--lines=x"),
+    (["--command=eval"], "--command=eval: expected train, sweep or lr-find"),
+    (["--tail", "--command=sweep"], "--command only applies when starting a run"),
+    (["--command=sweep"], "--workdir=gs://bucket/runs/r50/: jaxtrain sweep writes"),
+    (["--command=lr-find", "--workdir=gs://b/lr"], "--workdir=gs://b/lr: jaxtrain lr-find"),
+    (["--command=sweep", "--workdir=s", "--", "--min_lr=1"], "override '--min_lr=1'"),
+    (["--command=lr-find", "--workdir=s", "--", "--max-lr=1"],
+     "argument '--max-lr=1' after '--'"),
 ])
 def test_run_rejects_bad_flags(gcloud, args, message):
   proc = gcloud.run("run.sh", *RUN_ARGS, *args, check_rc=2)
