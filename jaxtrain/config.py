@@ -22,6 +22,8 @@ from jaxtrain.errors import ConfigError
 PRECISIONS = ("auto", "bfloat16", "float32")
 RESTORE_MODES = ("auto", "never", "required")
 NONFINITE_MODES = ("halt", "skip")
+EARLY_STOPPING_MODES = ("max", "min")
+EVAL_PREFIXES = ("eval/", "eval_ema/")
 _DERIVED_MODEL_KWARGS = ("num_classes", "dtype", "param_dtype")
 
 
@@ -53,15 +55,37 @@ def base_config() -> ml_collections.ConfigDict:
       max_consecutive_skips=10,  # skip: halt after this many skipped steps in a row
       steps_per_dispatch=1,    # k > 1: k steps per host dispatch (lax.scan)
       profile_steps=(0, 0),    # (start, stop): JAX profiler trace into workdir/profile
+      # ((from_step, image_size, batch_size), ...): progressive resizing / growing
+      # batches; the first from step 0; 0 keeps the transforms' size / batch_size.
+      stages=(),
+      ema_decay=0.0,           # > 0: EMA of params + BN stats, evaluated as eval_ema/
+      ema_warmup_power=0.0,    # > 0: decay min(1 - (1 + (t-1)/gamma)^-power, decay)
+      ema_warmup_gamma=1.0,    #      (timm ModelEmaV3 warmup); 0: constant decay
+      early_stopping=ml_collections.ConfigDict(dict(
+          metric="",           # e.g. "eval/accuracy" or "eval_ema/loss"; "": off
+          mode="max",          # max | min: which direction is better
+          patience=0,          # stop after this many evals without improvement;
+                               # 0: never stop, only keep (and restore) the best
+          min_delta=0.0,       # an improvement must exceed this
+          restore_best=True,   # end with the best checkpoint's state
+      )),
   ))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=sharding.DEFAULT_RULES))
   c.precision = ml_collections.ConfigDict(dict(compute_dtype="auto"))
   c.checkpoint = ml_collections.ConfigDict(dict(
       every=500,               # save every this many steps (and at the end); 0: end only
-      keep=3,                  # keep the newest N checkpoints
+      keep=3,                  # keep the newest N checkpoints (+ the best, with
+                               # train.early_stopping.metric, in workdir/best)
       restore="auto",          # auto: resume if present | never: start fresh | required
       async_save=True,
+  ))
+  c.distill = ml_collections.ConfigDict(dict(
+      teacher_workdir="",      # a finished run's workdir: its newest checkpoint is
+                               # the teacher (read-only); "": no teacher
+      teacher_step=0,          # that checkpoint step instead of the newest (0)
+      # The teacher's model: name + kwargs; name "": as saved in its checkpoint.
+      teacher_model=ml_collections.ConfigDict({"name": ""}),
   ))
   return c
 
@@ -125,10 +149,15 @@ def _model_options(name: str) -> dict[str, Any]:
 
 
 def _is_model_kwarg(config, parents, leaf) -> bool:
-  if parents != ["model"]:
+  """Whether `leaf` is an option of the model (or distillation teacher) section."""
+  if parents == ["model"]:
+    name = config.model.name
+  elif parents == ["distill", "teacher_model"]:
+    name = config.distill.teacher_model.name
+  else:
     return False
   try:
-    return leaf in _model_options(config.model.name)
+    return leaf in _model_options(name)
   except ConfigError:
     return False
 
@@ -175,9 +204,13 @@ def _parse(raw: str, old: Any) -> Any:
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every section; raises ConfigError for the first bad field."""
   base = base_config()
-  _check_keys(config, base, "", skip={"model", "optimizer", "loss"})
+  _check_keys(config, base, "", skip={"model", "optimizer", "loss", "distill"})
   _check_model(config)
   _check_train(config.train)
+  _check_stages(config.train)
+  _check_ema(config)
+  _check_early_stopping(config.train)
+  _check_distill(config)
   from jaxtrain import losses  # pylint: disable=g-import-not-at-top
   losses.check_config(config)
   _check_choice("precision.compute_dtype", config.precision.compute_dtype, PRECISIONS)
@@ -236,6 +269,76 @@ def _check_train(train) -> None:
       or (profile != (0, 0) and profile[1] <= profile[0])):
     raise ConfigError("train.profile_steps", train.profile_steps,
                       "use (start, stop) with 0 <= start < stop, or (0, 0) for off")
+
+
+def _check_stages(train) -> None:
+  stages = train.stages
+  fix = ("use ((from_step, image_size, batch_size), ...) with from_steps increasing "
+         "from 0 and sizes >= 0 (0: the transforms' size / train.batch_size)")
+  if not isinstance(stages, (tuple, list)):
+    raise ConfigError("train.stages", stages, fix)
+  for stage in stages:
+    if (not isinstance(stage, (tuple, list)) or len(stage) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                   for v in stage)):
+      raise ConfigError("train.stages", stages, fix)
+  starts = [s[0] for s in stages]
+  if stages and (starts[0] != 0 or starts != sorted(set(starts))):
+    raise ConfigError("train.stages", stages, fix)
+
+
+def _check_ema(config) -> None:
+  train = config.train
+  if not (isinstance(train.ema_decay, (int, float)) and 0 <= train.ema_decay < 1):
+    raise ConfigError("train.ema_decay", train.ema_decay, "use a decay in [0, 1) "
+                      "(0: no EMA; e.g. 0.9999)")
+  if not train.ema_warmup_power >= 0:
+    raise ConfigError("train.ema_warmup_power", train.ema_warmup_power,
+                      "use a power >= 0 (0: constant decay; timm uses 2/3 or 3/4)")
+  if not train.ema_warmup_gamma > 0:
+    raise ConfigError("train.ema_warmup_gamma", train.ema_warmup_gamma,
+                      "use gamma > 0 (timm's default is 1)")
+  if train.ema_decay and config.optimizer.get("ema_decay"):
+    raise ConfigError("train.ema_decay", train.ema_decay, "optimizer.ema_decay "
+                      "keeps a second average of the params; set one of them to 0")
+
+
+def _check_early_stopping(train) -> None:
+  es = train.early_stopping
+  if not isinstance(es.metric, str) or (
+      es.metric and not es.metric.startswith(EVAL_PREFIXES)):
+    raise ConfigError("train.early_stopping.metric", es.metric, "name an eval "
+                      "metric, e.g. 'eval/accuracy', 'eval/loss' or "
+                      "'eval_ema/accuracy', or '' for off")
+  _check_choice("train.early_stopping.mode", es.mode, EARLY_STOPPING_MODES)
+  _check_int("train.early_stopping.patience", es.patience, minimum=0)
+  if not (isinstance(es.min_delta, (int, float)) and es.min_delta >= 0):
+    raise ConfigError("train.early_stopping.min_delta", es.min_delta,
+                      "use a number >= 0")
+  if es.metric and es.patience and not train.eval_every:
+    raise ConfigError("train.early_stopping.patience", es.patience, "early "
+                      "stopping needs periodic evals: set train.eval_every > 0")
+  if es.metric.startswith("eval_ema/") and not train.ema_decay:
+    raise ConfigError("train.early_stopping.metric", es.metric, "eval_ema/ "
+                      "metrics need train.ema_decay > 0")
+
+
+def _check_distill(config) -> None:
+  distill = config.distill
+  _check_keys(distill, base_config().distill, "distill.", skip={"teacher_model"})
+  if not isinstance(distill.teacher_workdir, str):
+    raise ConfigError("distill.teacher_workdir", distill.teacher_workdir,
+                      "use a workdir path, or '' for no teacher")
+  _check_int("distill.teacher_step", distill.teacher_step, minimum=0)
+  teacher = distill.teacher_model
+  if not isinstance(teacher, ml_collections.ConfigDict) or "name" not in teacher:
+    raise ConfigError("distill.teacher_model", teacher, "a section with a 'name' "
+                      "(and the model's options)")
+  if teacher.name:
+    allowed = ["name", *_model_options(teacher.name)]
+    for key in teacher.keys():
+      if key not in allowed:
+        _unknown(f"distill.teacher_model.{key}", allowed, teacher[key])
 
 
 def _check_int(field: str, value: Any, minimum: int) -> None:

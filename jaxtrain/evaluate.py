@@ -12,14 +12,17 @@ from jaxtrain.step import Metrics, sum_metrics
 
 
 def evaluate(eval_step: Callable[..., Metrics], state, source, global_batch: int,
-             sharding: NamedSharding) -> dict[str, float]:
+             sharding: NamedSharding, prefix: str = "eval") -> dict[str, float]:
   """Averages `eval_step`'s metric sums over every example of `source` once.
 
+  Images come from the source's eval transforms, whose resolution may differ from
+  training (FixRes); `eval_step` is jitted, so it compiles once for that shape.
+
   Returns:
-    {"eval/loss": ..., "eval/accuracy": ..., ...}; the sums are fetched to the host
-    once, after the last batch.
+    {"<prefix>/loss": ..., "<prefix>/accuracy": ..., ...}; the sums are fetched to
+    the host once, after the last batch.
   """
   total = None
   for batch in pipeline.eval_batches(source, global_batch):
     total = sum_metrics(total, eval_step(state, pipeline.to_global(batch, sharding)))
-  return metrics_lib.averages(jax.device_get(total), "eval")
+  return metrics_lib.averages(jax.device_get(total), prefix)

@@ -10,6 +10,12 @@ resumed run gives the same bits as an uninterrupted one.
 Host work overlaps device work: dispatch is asynchronous, so reading the next
 batches runs while the previous block computes; the host waits only at log,
 checkpoint and eval points. The time spent waiting for data is logged.
+
+Stage switches (`train.stages`) are events too: a new batch or image size compiles
+the step once more, and the data, optimizer state and LR schedule go on by step.
+Evaluations report the EMA weights beside the raw ones (`eval_ema/...`); with
+`train.early_stopping` each evaluation may save the best state and stop the run,
+which then ends with the best state (`jaxtrain.early_stopping`).
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from jaxtrain import checkpoint as checkpoint_lib
+from jaxtrain import ema as ema_lib
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import step as step_lib
 from jaxtrain.data import pipeline
@@ -40,38 +48,53 @@ class Functions:
   eval_step: Callable[..., Any]           # (state, batch) -> sums
   batch_sharding: Any
   block_sharding: Any
+  extra_args: tuple[Any, ...] = ()        # after the batch(es): teacher variables
 
 
 class Loop:
-  """Runs one experiment from its current step to the end (or a stop)."""
+  """Runs one experiment from its current step to the end (or a stop).
 
-  def __init__(self, exp, fns: Functions, data_iter, ckpt, writer, watcher,
-               profile_dir: str):
+  `host` is the data iterator, or an `early_stopping.HostState` holding it and the
+  early-stopping tracker (saved together in every checkpoint); `best` the
+  `early_stopping.BestCheckpointer` when a metric is monitored.
+  """
+
+  def __init__(self, exp, fns: Functions, host, ckpt, writer, watcher,
+               profile_dir: str, best=None):
     self.exp, self.cfg, self.fns = exp, exp.config, fns
-    self.data_iter, self.ckpt, self.writer, self.watcher = (
-        data_iter, ckpt, writer, watcher)
+    self.host = host
+    self.data_iter = getattr(host, "data_iter", host)
+    self.tracker = getattr(host, "tracker", None)
+    self.ckpt, self.writer, self.watcher, self.best = ckpt, writer, watcher, best
     self.profile_dir = profile_dir
     self.leaf_names: list[str] = []
     self.data_wait = 0.0
     self._tracing = False
+    self._stage: int | None = None
 
   def evaluate(self, state) -> dict[str, float]:
-    return evaluate(self.fns.eval_step, state, self.exp.eval_source,
-                    self.exp.eval_batch_size, self.fns.batch_sharding)
+    """Eval metrics of the raw weights, and of the EMA weights if there are some."""
+    args = (self.exp.eval_source, self.exp.eval_batch_size, self.fns.batch_sharding)
+    values = evaluate(self.fns.eval_step, state, *args)
+    if state.ema is not None:
+      values.update(evaluate(self.fns.eval_step, ema_lib.averaged(state), *args,
+                             prefix="eval_ema"))
+    return values
 
   def run(self, state, sums, stop_at: int | None):
-    """Returns (state, metrics of the last log/eval step)."""
+    """Returns (state, metrics of the last log/eval step, or the best's)."""
     step, total = int(state.step), self.exp.total_steps
     self.leaf_names = [jax.tree_util.keystr(p) for p, _ in
                        jax.tree_util.tree_flatten_with_path(state.params)[0]]
-    if step >= total:
+    if step >= total or (self.tracker and self.tracker.should_stop):
       final = self.evaluate(state)
       self.writer.message(f"Already trained to step {step}; final evaluation: "
                           + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
-      return state, final
+      return self._best_or(state, step, final)
     end = min(total, stop_at or total)
-    t0, last, values = time.perf_counter(), step, {}
+    t0, last, values, early = time.perf_counter(), step, {}, False
     while step < end:
+      self._announce_stage(step)
       self._profile(step)
       n = self._block_length(step, end)
       state, sums = self._dispatch(state, sums, n)
@@ -83,20 +106,65 @@ class Loop:
         sums, last = step_lib.reset(sums), step
       if self._every(step, self.cfg.train.eval_every) or step == total:
         values.update(self.evaluate(state))
+        early = self._track(step, state, values)
       if values:
         self.writer.write(step, values)
         t0, self.data_wait = time.perf_counter(), 0.0
-      if self.ckpt.should_save(step) or step == end or stopping:
+      if self.ckpt.should_save(step) or step == end or stopping or early:
         self._check_nonfinite(jax.device_get(sums))
-        self.ckpt.save(step, {"train": state, "metrics": sums}, self.data_iter,
-                       self.cfg)
+        if self.best is not None:
+          self.best.wait()  # a checkpoint never refers to a best still being written
+        self.ckpt.save(step, {"train": state, "metrics": sums}, self.host, self.cfg)
       if stopping:
         self.ckpt.wait()
         self.writer.message(f"Stopped by {self.watcher.reason} after step {step}; "
                             "checkpoint complete. Re-run the same command to resume.")
         break
+      if early:
+        break
     self._profile(step, final=True)
+    if step == total or early:
+      return self._best_or(state, step, values)
     return state, values
+
+  def _track(self, step: int, state, values: dict[str, float]) -> bool:
+    """Feeds an evaluation to early stopping; returns whether to stop now."""
+    t = self.tracker
+    if t is None:
+      return False
+    if t.update(step, values[t.metric]):
+      evals = {k: v for k, v in values.items() if k.startswith(("eval/", "eval_ema/"))}
+      self.best.save(step, {"train": state}, evals)
+    values["early_stopping/best_step"] = float(t.best_step)
+    return t.should_stop
+
+  def _best_or(self, state, step: int, values: dict[str, float]):
+    """The run's result: the best checkpoint's state and metrics, else the last."""
+    t = self.tracker
+    if (t is None or t.best_step is None
+        or not self.cfg.train.early_stopping.restore_best):
+      return state, values
+    self.best.wait()
+    target = checkpoint_lib.abstract_like({"train": state})
+    restored, metrics = self.best.restore(t.best_step, target)
+    why = (f"{t.metric} did not improve in {t.wait} evaluations; stopped at step "
+           f"{step}" if t.should_stop else f"finished at step {step}")
+    self.writer.message(f"Early stopping: {why}. Restored the best checkpoint: step "
+                        f"{t.best_step}, {t.metric} {t.best:.4f}")
+    return restored["train"], {**metrics, "early_stopping/best_step": t.best_step,
+                               "early_stopping/last_step": step}
+
+  def _announce_stage(self, step: int) -> None:
+    """Says when a run starts in, or enters, a stage of `train.stages`."""
+    plan = self.exp.plan
+    if plan is None or len(plan.stages) < 2 or plan.stage_index(step) == self._stage:
+      return
+    self._stage = i = plan.stage_index(step)
+    stage = plan.stages[i]
+    size = stage.image_size or "as the transforms give"
+    self.writer.message(f"Stage {i + 1}/{len(plan.stages)} from step "
+                        f"{stage.from_step}: batch {stage.batch_size}, image size "
+                        f"{size}")
 
   @staticmethod
   def _every(step: int, period: int) -> bool:
@@ -114,8 +182,10 @@ class Loop:
     for period in self._periods():
       n = min(n, period - step % period)
     start, stop = self.cfg.train.profile_steps
-    for mark in (start, stop):
-      if stop > start and mark > step:
+    marks = [m for m in (start, stop) if stop > start]
+    marks += list(self.exp.plan.boundaries) if self.exp.plan else []
+    for mark in marks:
+      if mark > step:
         n = min(n, mark - step)
     return n
 
@@ -126,16 +196,17 @@ class Loop:
     return batch
 
   def _dispatch(self, state, sums, n: int):
+    extra = self.fns.extra_args
     if self.fns.train_block is None:
       batch = pipeline.to_global(self._next_local(), self.fns.batch_sharding)
-      return self.fns.train_step(state, sums, batch)
+      return self.fns.train_step(state, sums, batch, *extra)
     k = self.cfg.train.steps_per_dispatch
     local = [self._next_local() for _ in range(n)]
     local += [local[-1]] * (k - n)  # masked out inside the block
     block = {key: np.stack([b[key] for b in local]) for key in local[0]}
     return self.fns.train_block(state, sums,
                                 pipeline.to_global(block, self.fns.block_sharding),
-                                np.int32(n))
+                                np.int32(n), *extra)
 
   def _profile(self, step: int, final: bool = False) -> None:
     """Starts/stops a JAX profiler trace for steps [start, stop) of the run."""
@@ -159,7 +230,10 @@ class Loop:
     rate = (step - last) / elapsed
     values["train/learning_rate"] = float(self.exp.lr_schedule(step - 1))
     values["train/steps_per_sec"] = rate
-    values["train/examples_per_sec"] = rate * self.cfg.train.batch_size
+    plan = self.exp.plan
+    rows = ((plan.rows_before(step) - plan.rows_before(last)) if plan
+            else (step - last) * self.cfg.train.batch_size)
+    values["train/examples_per_sec"] = rows / elapsed
     values["train/data_wait_fraction"] = min(self.data_wait / elapsed, 1.0)
     return values
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any
 
@@ -22,16 +21,19 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
+from jaxtrain import early_stopping
+from jaxtrain import ema as ema_lib
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import losses, models, optim, precision, step as step_lib
-from jaxtrain.data import pipeline, sources
+from jaxtrain.data import batch_plan, pipeline, sources
 from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
 from jaxtrain import loop as loop_lib
 from jaxtrain import preemption
+from jaxtrain import teacher as teacher_lib
 from jaxtrain.loop import TrainingHalted  # noqa: F401  (public: runner.TrainingHalted)
-from jaxtrain.state import TrainState, create_train_state
+from jaxtrain.state import TrainState, abstract_train_state, create_train_state
 
 
 @dataclasses.dataclass
@@ -53,6 +55,9 @@ class Experiment:
   eval_source: Any
   total_steps: int
   eval_batch_size: int
+  plan: batch_plan.BatchPlan | None = None  # batch size/image size by step
+  ema: ema_lib.EmaConfig | None = None
+  teacher: teacher_lib.Teacher | None = None  # distillation (variables abstract)
 
 
 def build(config: ml_collections.ConfigDict,
@@ -64,19 +69,94 @@ def build(config: ml_collections.ConfigDict,
   eval_batch = config.train.eval_batch_size or config.train.batch_size
   mesh_lib.check_batch("train.eval_batch_size", eval_batch, mesh)
   _check_bn_groups(config, mesh)
+  plan = _batch_plan(config, mesh)
   train_source = sources.get_source(config.data, config.data.train_split)
   eval_source = sources.get_source(config.data, config.data.eval_split)
   total = config.train.num_steps
   if config.train.num_epochs:
-    total = math.ceil(config.train.num_epochs * len(train_source)
-                      / config.train.batch_size)
+    total = plan.steps_for_rows(config.train.num_epochs * len(train_source))
   policy = precision.make_policy(config.precision.compute_dtype)
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
   model = models.get_model(config.model.name, num_classes=train_source.num_classes,
                            dtype=policy.compute_dtype, **kwargs)
+  _check_input_shapes(config, model, train_source, eval_source, plan)
   tx, lr_schedule = optim.build(config.optimizer, total, config.train.batch_size)
-  return Experiment(config, mesh, model, tx, lr_schedule, train_source, eval_source,
-                    total, eval_batch)
+  teacher = teacher_lib.build(config, train_source.num_classes,
+                              policy.compute_dtype, train_source.image_shape, mesh)
+  exp = Experiment(config, mesh, model, tx, lr_schedule, train_source, eval_source,
+                   total, eval_batch, plan, ema_lib.EmaConfig.from_train(config.train),
+                   teacher)
+  if config.train.early_stopping.metric:
+    _check_monitored_metric(exp)
+  return exp
+
+
+def _batch_plan(config: ml_collections.ConfigDict,
+                mesh: jax.sharding.Mesh) -> batch_plan.BatchPlan:
+  """`train.stages` and `data.aug_repeats` as a plan; every batch size checked."""
+  repeats, stages = config.data.aug_repeats, config.train.stages
+  plan = batch_plan.from_config(stages, config.train.batch_size)
+  for i, stage in enumerate(plan.stages):
+    field = f"train.stages[{i}]" if stages else "train.batch_size"
+    mesh_lib.check_batch(field, stage.batch_size, mesh)
+    if stage.batch_size % repeats:
+      raise ConfigError("data.aug_repeats", repeats, f"must divide the global batch "
+                        f"({field} = {stage.batch_size})")
+  return dataclasses.replace(plan, aug_repeats=repeats)
+
+
+def _check_input_shapes(config: ml_collections.ConfigDict, model: nn.Module,
+                        train_source: Any, eval_source: Any,
+                        plan: batch_plan.BatchPlan) -> None:
+  """The model must accept every stage's and the eval (FixRes) image size."""
+  train_shape = tuple(train_source.image_shape)
+  others = {}
+  for i, stage in enumerate(plan.stages):
+    if stage.image_size:
+      try:
+        chain = train_source.train_transforms.resized(stage.image_size)
+        shape = chain.example(train_source.records[0]["image"]).shape
+      except (ValueError, TypeError) as e:
+        raise ConfigError("train.stages", tuple(config.train.stages),
+                          f"stage {i} cannot resize data.train_transforms: {e}"
+                          ) from None
+      others.setdefault(tuple(shape), ("train.stages", tuple(config.train.stages)))
+  eval_shape = tuple(eval_source.eval_image_shape)
+  others.setdefault(eval_shape, ("data.eval_transforms", config.data.eval_transforms))
+  others.pop(train_shape, None)
+  if not others:
+    return
+  init = lambda: model.init(jax.random.key(0),  # noqa: E731
+                            jnp.zeros((1, *train_shape)), train=False)
+  variables = jax.eval_shape(init)
+  for shape, (field, value) in others.items():
+    try:
+      jax.eval_shape(lambda v, s=shape: model.apply(v, jnp.zeros((1, *s)),
+                                                     train=False), variables)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(field, value, f"model '{config.model.name}' built for "
+                        f"{train_shape} images does not accept {shape} images "
+                        f"({type(e).__name__}); other resolutions need a model "
+                        "with global pooling (e.g. resnet18)") from None
+
+
+def _check_monitored_metric(exp: Experiment) -> None:
+  """The early-stopping metric must be one the eval step reports (traced only)."""
+  c = exp.config
+  abstract, _ = abstract_train_state(exp.model, exp.tx, exp.train_source.image_shape,
+                                     c.seed, exp.mesh, c.sharding.rules)
+  shape = (exp.eval_batch_size, *exp.eval_source.eval_image_shape)
+  batch = {"image": jax.ShapeDtypeStruct(shape, jnp.float32),
+           "label": jax.ShapeDtypeStruct(shape[:1], jnp.int32),
+           "mask": jax.ShapeDtypeStruct(shape[:1], jnp.float32)}
+  with sharding.activate(exp.mesh, c.sharding.rules):
+    names = jax.eval_shape(_eval_step(exp), abstract, batch)
+  prefixes = ("eval", "eval_ema") if exp.ema else ("eval",)
+  known = [f"{p}/{n}" for p in prefixes for n in names if n != "count"]
+  metric = c.train.early_stopping.metric
+  if metric not in known:
+    raise ConfigError("train.early_stopping.metric", metric,
+                      "not a metric the evaluation reports", choices=known)
 
 
 def _check_bn_groups(config: ml_collections.ConfigDict,
@@ -89,6 +169,31 @@ def _check_bn_groups(config: ml_collections.ConfigDict,
                       "data-parallel replicas (mesh data x fsdp); None means all")
 
 
+def _train_step(exp: Experiment, teacher_variables: Any = None
+                ) -> step_lib.TrainStep:
+  """The run's step: loss step (with the teacher's logits), then the EMA update."""
+  teacher_fn = None
+  if exp.teacher is not None:
+    teacher_fn = exp.teacher.logits_fn(teacher_variables)
+  train_step = step_lib.make_train_step(exp.model, exp.tx,
+                                        loss=losses.from_config(exp.config),
+                                        teacher_fn=teacher_fn)
+  if exp.ema is None:
+    return train_step
+
+  def step(state, batch):
+    state, metrics = train_step(state, batch)
+    if state.ema is not None:  # None in a state built without it (AOT compile)
+      state = ema_lib.update(state, exp.ema)
+    return state, metrics
+
+  return step
+
+
+def _eval_step(exp: Experiment):
+  return step_lib.make_eval_step(exp.model)
+
+
 def make_jitted_steps(exp: Experiment, state: TrainState, shardings: Any):
   """The run's jitted functions, built but not yet compiled.
 
@@ -99,29 +204,31 @@ def make_jitted_steps(exp: Experiment, state: TrainState, shardings: Any):
 
   Returns:
     (train_fn, eval_fn, init_sums): `train_fn(state, sums, batch) -> (state, sums)`
-    donates state and sums; `eval_fn(state, batch) -> metric sums`; `init_sums()`
-    gives the zeroed metric sums. Call or `.lower()` them under
-    `sharding.activate(exp.mesh, config.sharding.rules)`.
+    donates state and sums (with a distillation teacher, `train_fn(state, sums,
+    batch, teacher_variables)`); `eval_fn(state, batch) -> metric sums`;
+    `init_sums()` gives the zeroed metric sums. Call or `.lower()` them under
+    `sharding.activate(exp.mesh, config.sharding.rules)`. A new batch or image
+    size (a stage of `train.stages`) compiles `train_fn` once more.
   """
-  train_step = step_lib.make_train_step(exp.model, exp.tx,
-                                        loss=losses.from_config(exp.config))
-
-  def train_and_sum(state, total, batch):
-    state, m = train_step(state, batch)
+  def train_and_sum(state, total, batch, *teacher):
+    state, m = _train_step(exp, *teacher)(state, batch)
     return state, step_lib.accumulate(total, m)
 
   replicated = sharding.replicated(exp.mesh)
   batch_sh = mesh_lib.batch_sharding(exp.mesh)
+  teacher = (exp.teacher.variables,) if exp.teacher is not None else ()
+  teacher_sh = (exp.teacher.shardings,) if exp.teacher is not None else ()
   train_fn = jax.jit(train_and_sum, donate_argnums=(0, 1),
-                     in_shardings=(shardings, replicated, batch_sh),
+                     in_shardings=(shardings, replicated, batch_sh, *teacher_sh),
                      out_shardings=(shardings, replicated))
-  eval_fn = jax.jit(step_lib.make_eval_step(exp.model),
+  eval_fn = jax.jit(_eval_step(exp),
                     in_shardings=(shardings, batch_sh), out_shardings=replicated)
   batch = exp.config.train.batch_size
   example = {"image": jax.ShapeDtypeStruct((batch, *exp.train_source.image_shape),
                                            jnp.float32, sharding=batch_sh),
              "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sh)}
-  shapes = jax.eval_shape(train_step, state, example)[1]
+  shapes = jax.eval_shape(lambda s, b, *t: _train_step(exp, *t)(s, b), state, example,
+                          *teacher)[1]
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   init_sums = lambda: jax.device_put(step_lib.reset(zeros), replicated)  # noqa: E731
   return train_fn, eval_fn, init_sums
@@ -135,17 +242,18 @@ def block_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 def make_jitted_block(exp: Experiment, shardings: Any):
   """`train.steps_per_dispatch` steps as one program (None when that is 1).
 
-  `block(state, sums, batches, n)` runs `lax.scan` over the leading axis of
-  `batches` (k stacked global batches) and applies the first `n` of them; the
-  rest are masked by `lax.cond`, so a short block runs the same compiled code.
+  `block(state, sums, batches, n[, teacher_variables])` runs `lax.scan` over the
+  leading axis of `batches` (k stacked global batches) and applies the first `n` of
+  them; the rest are masked by `lax.cond`, so a short block runs the same compiled
+  code.
   """
   k = exp.config.train.steps_per_dispatch
   if k == 1:
     return None
-  train_step = step_lib.make_train_step(exp.model, exp.tx,
-                                        loss=losses.from_config(exp.config))
 
-  def block(state, total, batches, n):
+  def block(state, total, batches, n, *teacher):
+    train_step = _train_step(exp, *teacher)
+
     def body(carry, xs):
       i, batch = xs
 
@@ -159,9 +267,10 @@ def make_jitted_block(exp: Experiment, shardings: Any):
     return state, total
 
   replicated = sharding.replicated(exp.mesh)
+  teacher_sh = (exp.teacher.shardings,) if exp.teacher is not None else ()
   return jax.jit(block, donate_argnums=(0, 1),
                  in_shardings=(shardings, replicated, block_sharding(exp.mesh),
-                               replicated),
+                               replicated, *teacher_sh),
                  out_shardings=(shardings, replicated))
 
 
@@ -211,6 +320,18 @@ def _truncate_log(workdir: str, step: int) -> None:
   path.write_text("".join(kept))
 
 
+def _initial_state(exp: Experiment) -> tuple[TrainState, Any]:
+  """A fresh TrainState in its shards (with the EMA when configured)."""
+  rules = exp.config.sharding.rules
+  state, shardings = create_train_state(
+      exp.model, exp.tx, exp.train_source.image_shape, exp.config.seed, exp.mesh,
+      rules)
+  if exp.ema is not None:
+    shardings = ema_lib.shardings(shardings)
+    state = jax.jit(ema_lib.init, out_shardings=shardings)(state)
+  return state, shardings
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: list[jax.Device] | None = None,
           stop_at: int | None = None) -> TrainResult:
@@ -221,14 +342,23 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     workdir: checkpoints, metrics.jsonl and TensorBoard files; resumed if present.
     devices: devices of the mesh (default: all).
     stop_at: stop after this step with a checkpoint, as a preempted run would.
+
+  Returns:
+    The final state and metrics; with `train.early_stopping` (and `restore_best`)
+    the best checkpoint's state and eval metrics, `early_stopping/best_step` saying
+    which step it is.
   """
   exp = build(config, devices)
   check_workdir(workdir)
   rules = config.sharding.rules
-  state, shardings = create_train_state(
-      exp.model, exp.tx, exp.train_source.image_shape, config.seed, exp.mesh, rules)
+  state, shardings = _initial_state(exp)
+  teacher = () if exp.teacher is None else (teacher_lib.restore(exp.teacher).variables,)
   data_iter = pipeline.train_iterator(exp.train_source, config.train.batch_size,
-                                      config.seed)
+                                      config.seed, plan=exp.plan)
+  tracker = early_stopping.Tracker.from_config(config.train.early_stopping)
+  best = None if tracker is None else early_stopping.BestCheckpointer(
+      workdir, tracker.metric, tracker.mode, config.checkpoint.async_save)
+  host = early_stopping.HostState(data_iter, tracker)
   ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint.every,
                                      config.checkpoint.keep,
                                      config.checkpoint.async_save)
@@ -239,13 +369,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   try:
     with sharding.activate(exp.mesh, rules):
       train_fn, eval_fn, init_sums = make_jitted_steps(exp, state, shardings)
-      state, sums = _restore(exp, ckpt, state, init_sums(), data_iter, writer)
+      state, sums = _restore(exp, ckpt, state, init_sums(), host, writer)
       _truncate_log(workdir, int(state.step))
       fns = loop_lib.Functions(
           train_fn, make_jitted_block(exp, shardings), eval_fn,
-          mesh_lib.batch_sharding(exp.mesh), block_sharding(exp.mesh))
-      loop = loop_lib.Loop(exp, fns, data_iter, ckpt, writer, watcher,
-                           os.path.join(workdir, "profile"))
+          mesh_lib.batch_sharding(exp.mesh), block_sharding(exp.mesh), teacher)
+      loop = loop_lib.Loop(exp, fns, host, ckpt, writer, watcher,
+                           os.path.join(workdir, "profile"), best)
       state, metrics = loop.run(state, sums, stop_at)
     ckpt.wait()  # the last save is complete (or its failure reported) on return
     return TrainResult(state, metrics)
@@ -253,4 +383,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if owned:
       watcher.close()
     ckpt.close()
+    if best is not None:
+      best.close()
     writer.close()

@@ -1,0 +1,166 @@
+"""Distillation teacher: another run's checkpoint, restored read-only.
+
+Knowledge distillation (Hinton, Vinyals & Dean 2015, arXiv 1503.02531) trains a
+student on a teacher's temperature-softened outputs. `config.distill.teacher_workdir`
+names a finished run's workdir; its newest checkpoint (or `distill.teacher_step`) in
+`<workdir>/checkpoints` is opened by an Orbax manager in `read_only` mode, and only
+the teacher's params and model state are read (a partial restore: no optimizer
+state), each leaf sharded by the teacher model's logical axes on the student's mesh.
+
+The teacher's model is `distill.teacher_model` (name + options), or, when its name is
+"", the model section saved in that checkpoint's config. Everything is checked by
+`build` before anything compiles: the checkpoint exists, and the model's parameter
+tree and shapes are the checkpoint's (a different model or class count is named).
+
+The teacher runs inside the student's jitted step (`runner`), as
+`teacher_fn(images) -> logits` with `train=False` and its gradient stopped, and the
+loss reads its logits as `batch["teacher_logits"]` (`jaxtrain.losses`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxtrain import models
+from jaxtrain.errors import ConfigError
+from jaxtrain.parallel import sharding
+
+
+@dataclasses.dataclass
+class Teacher:
+  """A teacher model and its variables ({"params": ..., **model_state}).
+
+  `variables` are `jax.ShapeDtypeStruct`s (with shardings) after `build`, arrays
+  after `restore`.
+  """
+  model: nn.Module
+  variables: Any
+  step: int
+  directory: str
+
+  @property
+  def shardings(self) -> Any:
+    return jax.tree.map(lambda x: x.sharding, self.variables)
+
+  def logits_fn(self, variables: Any):
+    """`images -> float32 logits` of the teacher with `variables` (eval mode)."""
+    def fn(images: jax.Array) -> jax.Array:
+      return self.model.apply(variables, images, train=False).astype(jnp.float32)
+    return fn
+
+
+def _manager(directory: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                     "config": ocp.JsonCheckpointHandler()})
+
+
+def _checkpoint_step(distill: ml_collections.ConfigDict,
+                     manager: ocp.CheckpointManager) -> int:
+  steps = manager.all_steps()
+  if not steps:
+    raise ConfigError("distill.teacher_workdir", distill.teacher_workdir,
+                      "holds no complete checkpoint; train the teacher there first")
+  step = distill.teacher_step or max(steps)
+  if step not in steps:
+    raise ConfigError("distill.teacher_step", step, "no checkpoint of that step",
+                      choices=[str(s) for s in sorted(steps)])
+  return step
+
+
+def _model_section(distill: ml_collections.ConfigDict, manager: ocp.CheckpointManager,
+                   step: int) -> dict[str, Any]:
+  if distill.teacher_model.name:
+    return dict(distill.teacher_model)
+  saved = manager.restore(step, args=ocp.args.Composite(
+      config=ocp.args.JsonRestore()))["config"]
+  return dict(saved["model"])
+
+
+def build(config: ml_collections.ConfigDict, num_classes: int, dtype: Any,
+          input_shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> Teacher | None:
+  """The configured teacher, checked against its checkpoint; None without one."""
+  distill = config.distill
+  distilling = config.get("loss", {}).get("name") == "distillation"
+  if distilling != bool(distill.teacher_workdir):
+    raise ConfigError("distill.teacher_workdir", distill.teacher_workdir,
+                      "loss.name=distillation needs a teacher's workdir here"
+                      if distilling else "a teacher is only used with "
+                      "loss.name=distillation; set it, or leave this ''")
+  if not distill.teacher_workdir:
+    return None
+  directory = epath.Path(distill.teacher_workdir) / "checkpoints"
+  if not directory.exists():
+    raise ConfigError("distill.teacher_workdir", distill.teacher_workdir,
+                      f"no checkpoints in {directory}; name the teacher run's workdir")
+  manager = _manager(str(directory))
+  try:
+    step = _checkpoint_step(distill, manager)
+    section = _model_section(distill, manager, step)
+    saved = manager.item_metadata(step)["state"]["train"]
+  finally:
+    manager.close()
+  name = section.pop("name")
+  try:
+    model = models.get_model(name, num_classes=num_classes, dtype=dtype, **section)
+  except (TypeError, ValueError) as e:
+    raise ConfigError("distill.teacher_model", name, f"cannot build it: {e}") from None
+  variables = _abstract_variables(model, input_shape, mesh, config.sharding.rules)
+  _check_matches(variables, saved, step, directory)
+  return Teacher(model, variables, step, str(directory))
+
+
+def _abstract_variables(model: nn.Module, input_shape: tuple[int, ...],
+                        mesh: jax.sharding.Mesh, rules: Any) -> Any:
+  boxed = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
+  shardings = sharding.to_shardings(sharding.logical_specs(boxed), mesh, rules)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      nn.meta.unbox(boxed), shardings)
+
+
+def _saved_part(variables: Any, saved: Any) -> dict[str, Any]:
+  """The checkpoint's {"params", **model_state} in the layout of `variables`."""
+  model_state = saved.get("model_state") or {}
+  return {"params": saved["params"], **{k: model_state.get(k) for k in variables
+                                        if k != "params"}}
+
+
+def _check_matches(variables: Any, saved: Any, step: int, directory: Any) -> None:
+  def shapes(tree):
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in flat}
+  want, have = shapes(variables), shapes(_saved_part(variables, saved))
+  diffs = [f"{k} missing" for k in want if k not in have]
+  diffs += [f"{k} is {have[k]} there, {want[k]} here" for k in want
+            if k in have and have[k] != want[k]]
+  diffs += [f"{k} only there" for k in have if k not in want]
+  if diffs:
+    raise ConfigError("distill.teacher_model", None, f"does not match the checkpoint "
+                      f"at step {step} in {directory}: {'; '.join(diffs[:4])}")
+
+
+def restore(teacher: Teacher) -> Teacher:
+  """`teacher` with its variables read from the checkpoint, in their shardings."""
+  target = {"params": teacher.variables["params"],
+            "model_state": {k: v for k, v in teacher.variables.items()
+                            if k != "params"}}
+  manager = _manager(teacher.directory)
+  try:
+    restored = manager.restore(teacher.step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item={"train": target},
+            restore_args=ocp.checkpoint_utils.construct_restore_args({"train": target}),
+            partial_restore=True)))["state"]["train"]
+  finally:
+    manager.close()
+  variables = {"params": restored["params"], **(restored.get("model_state") or {})}
+  return dataclasses.replace(teacher, variables=variables)

@@ -1,0 +1,105 @@
+"""Distillation: a teacher restored read-only from a run's checkpoint, in the step."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtrain import runner
+from jaxtrain.config import base_config
+from jaxtrain.data import pipeline
+from jaxtrain.errors import ConfigError
+from jaxtrain.state import create_train_state
+
+TEMPERATURE, BATCH = 3.0, 16
+
+
+def _mlp(hidden):
+  c = base_config()
+  c.model.name = "mlp"
+  c.model.hidden_sizes = hidden
+  c.optimizer.name = "momentum"
+  c.optimizer.learning_rate = 0.1
+  c.train.batch_size = BATCH
+  c.train.log_every = 1
+  return c
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+  """A teacher MLP trained for 8 steps: (workdir, its final params)."""
+  workdir = str(tmp_path_factory.mktemp("teacher"))
+  c = _mlp((32,))
+  c.train.num_steps = 8
+  result = runner.train(c, workdir, devices=jax.devices()[:2])
+  return workdir, jax.device_get(result.state.params)
+
+
+def _student(teacher_workdir):
+  c = _mlp((16,))
+  c.train.num_steps = 1
+  c.loss.name = "distillation"
+  c.loss.temperature = TEMPERATURE
+  c.loss.weight = 1.0  # only the soft term: the logged loss is the KL itself
+  c.distill.teacher_workdir = teacher_workdir
+  return c
+
+
+def _mlp_logits(params, x):
+  h = np.maximum(x @ params["hidden0"]["kernel"] + params["hidden0"]["bias"], 0)
+  return h @ params["head"]["kernel"] + params["head"]["bias"]
+
+
+def _log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _files(directory):
+  return sorted((os.path.relpath(os.path.join(r, f), directory),
+                 os.stat(os.path.join(r, f)).st_mtime_ns)
+                for r, _, fs in os.walk(directory) for f in fs)
+
+
+def test_student_step_uses_the_restored_teachers_logits(teacher, tmp_path):
+  teacher_dir, teacher_params = teacher
+  before = _files(teacher_dir)
+  config = _student(teacher_dir)
+  exp = runner.build(config, jax.devices()[:4])
+  assert exp.teacher.step == 8
+  runner.train(config, str(tmp_path), devices=jax.devices()[:4])
+  with open(tmp_path / "metrics.jsonl") as f:
+    logged = json.loads(f.readline())["train/loss"]
+  # Hinton et al. 2015 in numpy: T^2 KL(softmax(t/T) || softmax(s/T)) on batch 1,
+  # teacher = the teacher run's final params, student = its initial params.
+  student, _ = create_train_state(exp.model, exp.tx, exp.train_source.image_shape,
+                                  config.seed, exp.mesh, config.sharding.rules)
+  batch = next(pipeline.train_iterator(exp.train_source, BATCH, config.seed))
+  x = batch["image"].reshape(BATCH, -1).astype(np.float64)
+  logp = _log_softmax(_mlp_logits(teacher_params, x) / TEMPERATURE)
+  logq = _log_softmax(_mlp_logits(jax.device_get(student.params), x) / TEMPERATURE)
+  kl = TEMPERATURE**2 * np.sum(np.exp(logp) * (logp - logq), axis=-1)
+  np.testing.assert_allclose(logged, kl.mean(), rtol=1e-5)
+  assert _files(teacher_dir) == before  # read-only: nothing written or touched
+
+
+def test_teacher_model_that_differs_from_the_checkpoint_is_named(teacher):
+  config = _student(teacher[0])
+  config.distill.teacher_model.name = "mlp"
+  config.distill.teacher_model.hidden_sizes = (64,)
+  with pytest.raises(ConfigError, match=r"hidden0.*\(64,\)|\(32,\)") as e:
+    runner.build(config, jax.devices()[:1])
+  assert e.value.field == "distill.teacher_model"
+
+
+def test_teacher_workdir_without_checkpoints_is_named(tmp_path):
+  with pytest.raises(ConfigError) as e:
+    runner.build(_student(str(tmp_path)), jax.devices()[:1])
+  assert e.value.field == "distill.teacher_workdir"
+
+
+def test_distillation_loss_without_a_teacher_is_a_config_error():
+  with pytest.raises(ConfigError) as e:
+    runner.build(_student(""), jax.devices()[:1])
+  assert e.value.field == "distill.teacher_workdir"
