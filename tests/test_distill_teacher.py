@@ -103,3 +103,14 @@ def test_distillation_loss_without_a_teacher_is_a_config_error():
   with pytest.raises(ConfigError) as e:
     runner.build(_student(""), jax.devices()[:1])
   assert e.value.field == "distill.teacher_workdir"
+
+
+def test_digits_distill_experiment_builds_with_a_teacher(teacher):
+  from jaxtrain import config as config_lib
+  config = config_lib.load("experiments/digits_distill.py")
+  config.distill.teacher_workdir = teacher[0]
+  exp = runner.build(config, jax.devices()[:1])
+  assert exp.teacher is not None and config.loss.name == "distillation"
+  alone = runner.build(config_lib.load("experiments/digits_distill.py:alone"),
+                       jax.devices()[:1])
+  assert alone.teacher is None and alone.model == exp.model
