@@ -165,14 +165,16 @@ def mlperf_polynomial_schedule(base_lr: float, warmup_steps: int,
 
 
 def with_linear_warmup(schedule: optax.Schedule, peak_value: float,
-                       warmup_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `peak_value` over `warmup_steps`, then `schedule`.
+                       warmup_steps: int, init_value: float = 0.0) -> optax.Schedule:
+  """Linear warmup from `init_value` to `peak_value` over `warmup_steps`, then `schedule`.
 
   Args:
     schedule: the schedule after warmup; it sees the step counted from the end of
       warmup, so it should start at `peak_value`.
     peak_value: value reached at step == warmup_steps.
     warmup_steps: warmup length; 0 returns `schedule` unchanged.
+    init_value: value at step 0 (Goyal et al. start at the small-batch LR, 1/k of
+      the peak).
 
   Returns:
     A schedule step -> value.
@@ -183,7 +185,7 @@ def with_linear_warmup(schedule: optax.Schedule, peak_value: float,
   """
   if warmup_steps <= 0:
     return schedule
-  warmup = optax.linear_schedule(0.0, peak_value, warmup_steps)
+  warmup = optax.linear_schedule(init_value, peak_value, warmup_steps)
   return optax.join_schedules([warmup, schedule], [warmup_steps])
 
 

@@ -32,6 +32,8 @@ def schedule_defaults() -> ml_collections.ConfigDict:
   s.name = "warmup_cosine"    # one of SCHEDULES
   s.warmup_steps = 0          # linear warmup from 0 to the peak LR
   s.warmup_fraction = 0.0     # alternative: warmup = round(fraction * total_steps)
+  s.warmup_init_fraction = 0.0  # warmup starts at this fraction of the peak LR
+                                # (Goyal et al. 2017: 1/k of k x the base LR)
   s.end_value = 0.0           # final LR: cosine/linear/polynomial/sgdr/mlperf; floor of
                               # exponential/step when > 0
   s.power = 1.0               # polynomial / mlperf_polynomial exponent
@@ -74,6 +76,9 @@ def resolve_warmup(s: ml_collections.ConfigDict, total_steps: int) -> int:
   if s.warmup_steps and s.warmup_fraction:
     raise _schedule_error("warmup_fraction", s.warmup_fraction,
                           "set warmup_steps or warmup_fraction, not both")
+  if not 0.0 <= s.warmup_init_fraction <= 1.0:
+    raise _schedule_error("warmup_init_fraction", s.warmup_init_fraction,
+                          "must be in [0, 1] (a fraction of the peak LR)")
   if not 0.0 <= s.warmup_fraction <= 1.0:
     raise _schedule_error("warmup_fraction", s.warmup_fraction,
                           "must be in [0, 1]")
@@ -113,7 +118,8 @@ def schedule_from_config(s: ml_collections.ConfigDict, peak: float,
   decay = _decay_part(s, peak, total_steps, warmup, decay_len, period)
   if s.name in _OWN_WARMUP:
     return decay
-  return lr_schedules.with_linear_warmup(decay, peak, warmup)
+  return lr_schedules.with_linear_warmup(decay, peak, warmup,
+                                        init_value=s.warmup_init_fraction * peak)
 
 
 def _decay_part(s, peak, total_steps, warmup, decay_len, period):

@@ -84,6 +84,18 @@ def test_warmup_fraction_and_piecewise_boundaries_in_train_steps():
   np.testing.assert_allclose(got, [0.5, 1.0, 1.0, 0.1, 0.1, 0.05], rtol=1e-6)
 
 
+def test_gradual_warmup_starts_at_a_fraction_of_the_peak():
+  # Goyal et al. 2017, sec. 2.2: from the small-batch LR eta to k*eta (k = 32 here:
+  # 0.1 -> 3.2) linearly over the warmup, then the decay (drop x0.1 at step 30).
+  config = cfg(learning_rate=3.2, schedule={
+      "name": "piecewise", "warmup_steps": 10, "warmup_init_fraction": 1 / 32,
+      "boundaries": (30,), "scales": (0.1,)})
+  _, schedule = optim.build(config, 40)
+  want = [0.1 + (3.2 - 0.1) * k / 10 for k in (0, 5)] + [3.2, 3.2, 0.32]
+  got = [float(schedule(k)) for k in (0, 5, 10, 29, 30)]
+  np.testing.assert_allclose(got, want, rtol=1e-5)  # float32 schedule arithmetic
+
+
 def test_step_schedule_decays_every_decay_steps():
   config = cfg(learning_rate=1.0, schedule={"name": "step", "decay_steps": 30,
                                             "decay_rate": 0.1})
@@ -110,6 +122,8 @@ def test_lr_scaling_uses_batch_size():
      "optimizer.schedule.warmup_steps"),
     ({"schedule": {"name": "cosine", "warmup_fraction": 1.5}},
      "optimizer.schedule.warmup_fraction"),
+    ({"schedule": {"name": "cosine", "warmup_init_fraction": 2.0}},
+     "optimizer.schedule.warmup_init_fraction"),
     ({"schedule": {"name": "piecewise", "boundaries": (5,), "scales": ()}},
      "optimizer.schedule.scales"),
     ({"weight_decay_mask": "Conv_(["}, "optimizer.weight_decay_mask"),
