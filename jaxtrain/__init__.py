@@ -6,11 +6,12 @@ handlers start before JAX is imported):
   Runs:        train, build, TrainResult, TrainingHalted
   Config:      base_config, load_config, apply_overrides, validate, ConfigError
   State/steps: TrainState, create_train_state, make_train_step, make_eval_step,
-               cross_entropy
+               cross_entropy, get_loss (and `jaxtrain.losses`)
   Precision:   Policy, make_policy
   Scale-out:   make_mesh, DistributedBatchNorm
   Models:      get_model (and `jaxtrain.models`)
   Checkpoints: Checkpointer
+  Data:        BatchPlan (stage schedules, repeated augmentation; `jaxtrain.data`)
   Optimizers:  `jaxtrain.optim` (usable on its own)
 """
 from __future__ import annotations
@@ -25,10 +26,12 @@ _EXPORTS = {
     "validate": "jaxtrain.config", "ConfigError": "jaxtrain.errors",
     "TrainState": "jaxtrain.state", "create_train_state": "jaxtrain.state",
     "make_train_step": "jaxtrain.step", "make_eval_step": "jaxtrain.step",
-    "cross_entropy": "jaxtrain.step", "Policy": "jaxtrain.precision",
+    "cross_entropy": "jaxtrain.step", "get_loss": "jaxtrain.losses",
+    "Policy": "jaxtrain.precision",
     "make_policy": "jaxtrain.precision", "make_mesh": "jaxtrain.parallel.mesh",
     "DistributedBatchNorm": "jaxtrain.parallel.batchnorm",
     "get_model": "jaxtrain.models", "Checkpointer": "jaxtrain.checkpoint",
+    "BatchPlan": "jaxtrain.data.batch_plan",
 }
 _RENAMED = {"load_config": ("jaxtrain.config", "load")}
 
@@ -38,7 +41,9 @@ if TYPE_CHECKING:
   from jaxtrain.checkpoint import Checkpointer
   from jaxtrain.config import apply_overrides, base_config, validate
   from jaxtrain.config import load as load_config
+  from jaxtrain.data.batch_plan import BatchPlan
   from jaxtrain.errors import ConfigError
+  from jaxtrain.losses import get_loss
   from jaxtrain.loop import TrainingHalted
   from jaxtrain.models import get_model
   from jaxtrain.parallel.batchnorm import DistributedBatchNorm
