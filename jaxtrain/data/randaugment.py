@@ -108,9 +108,14 @@ def apply_op(image: np.ndarray, name: str, level: float,
 
 @dataclasses.dataclass(frozen=True)
 class RandAugment:
-  """`num_ops` random ops at magnitude `magnitude` (0..10); ResNet-50: N=2, M=9."""
+  """`num_ops` random ops at magnitude `magnitude` (0..10); ResNet-50: N=2, M=9.
+
+  `magnitude_std` > 0 draws each op's level from N(magnitude, magnitude_std) clipped
+  to [0, 10], as timm's `rand-mX-mstdY` (used by "ResNet strikes back": m7, mstd 0.5).
+  """
   num_ops: int = 2
   magnitude: float = 9.0
+  magnitude_std: float = 0.0
   RANDOM: ClassVar[bool] = True
 
   def __post_init__(self):
@@ -120,11 +125,19 @@ class RandAugment:
             and 0 <= self.magnitude <= MAX_LEVEL):
       raise ValueError(f"magnitude must be in [0, {MAX_LEVEL:g}], got "
                        f"{self.magnitude!r}")
+    if not (isinstance(self.magnitude_std, (int, float)) and self.magnitude_std >= 0):
+      raise ValueError(f"magnitude_std must be a number >= 0, got {self.magnitude_std!r}")
+
+  def level(self, rng: np.random.Generator) -> float:
+    """The level of one op: `magnitude`, or a clipped normal draw around it."""
+    if not self.magnitude_std:
+      return self.magnitude
+    return float(np.clip(rng.normal(self.magnitude, self.magnitude_std), 0, MAX_LEVEL))
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if image.dtype != np.uint8 or image.shape[-1] not in (1, 3):
       raise ValueError("randaugment works on uint8 images with 1 or 3 channels; "
                        "put it before normalize")
     for k in rng.integers(0, len(OP_NAMES), size=self.num_ops):
-      image = apply_op(image, OP_NAMES[int(k)], self.magnitude, rng)
+      image = apply_op(image, OP_NAMES[int(k)], self.level(rng), rng)
     return image

@@ -224,3 +224,13 @@ def test_config_validation_rejects_batch_ops_in_eval_transforms():
   with pytest.raises(ConfigError, match="per-example ops only") as e:
     config_lib.validate(c)
   assert e.value.field == "data.eval_transforms"
+
+
+def test_randaugment_magnitude_std_draws_clipped_normal_levels():
+  # timm rand-m7-mstd0.5: level ~ N(7, 0.5) clipped to [0, 10]; with std 0, exactly M.
+  rng = np.random.default_rng(0)
+  levels = np.array([randaugment.RandAugment(2, 7, 0.5).level(rng) for _ in range(4000)])
+  assert abs(levels.mean() - 7) < 0.03 and abs(levels.std() - 0.5) < 0.03
+  wide = np.array([randaugment.RandAugment(2, 9.5, 2.0).level(rng) for _ in range(4000)])
+  assert wide.max() == 10.0 and (wide == 10.0).mean() > 0.3  # P(N(9.5, 2) > 10) = 0.40
+  assert randaugment.RandAugment(2, 7).level(rng) == 7
