@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxtrain.models import activations, drop_path, initializers
 from jaxtrain.models.registry import (
     CLASSES, CONV_BIAS, CONV_KERNEL, EMBED, MLP_HIDDEN, NORM, constrain_batch,
     register)
@@ -23,7 +24,7 @@ from jaxtrain.parallel.batchnorm import DistributedBatchNorm
 
 @register("cnn")
 class CNN(nn.Module):
-  """[Conv3x3 -> (BN) -> ReLU] * len(features) -> MaxPool2x2 -> Dense -> ReLU -> Dense.
+  """[Conv3x3 -> (BN) -> act] * len(features) -> MaxPool2x2 -> Dense -> act -> Dense.
 
   Attributes:
     num_classes: size of the logits.
@@ -38,6 +39,9 @@ class CNN(nn.Module):
     bn_momentum, bn_epsilon: batch-norm running-average decay and epsilon.
     dtype: compute dtype; the logits are float32 whatever it is.
     param_dtype: parameter dtype.
+    activation: `jaxtrain.models.activations` name (ReLU by default).
+    kernel_init: `jaxtrain.models.initializers` name of the conv and hidden dense
+      kernels (default: Flax's He normal, truncated); the head stays LeCun normal.
   """
   num_classes: int
   features: Sequence[int] = (32, 64)
@@ -49,6 +53,14 @@ class CNN(nn.Module):
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  activation: str = "relu"
+  kernel_init: str = "he_truncated_normal"
+
+  def __post_init__(self) -> None:
+    activations.check(self.activation)
+    initializers.check(self.kernel_init)
+    drop_path.check_rate(self.dropout_rate, "model.dropout_rate")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -59,7 +71,7 @@ class CNN(nn.Module):
           width, (3, 3), padding="SAME", use_bias=not self.use_bn,
           dtype=self.dtype, param_dtype=self.param_dtype,
           kernel_init=nn.with_logical_partitioning(
-              nn.initializers.he_normal(), CONV_KERNEL),
+              initializers.get(self.kernel_init), CONV_KERNEL),
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, CONV_BIAS),
           name=f"conv{i}")(x)
       if self.use_bn:
@@ -70,15 +82,18 @@ class CNN(nn.Module):
             scale_init=nn.with_logical_partitioning(nn.initializers.ones, NORM),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, NORM),
             name=f"bn{i}")(x)
-      x = nn.relu(x)
+      x = activations.apply(self.activation, x, f"act{i}",
+                            param_dtype=self.param_dtype)
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = constrain_batch(x.reshape(x.shape[0], -1))
-    x = nn.relu(nn.Dense(
+    x = nn.Dense(
         self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(
-            nn.initializers.he_normal(), (EMBED, MLP_HIDDEN)),
+            initializers.get(self.kernel_init), (EMBED, MLP_HIDDEN)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (MLP_HIDDEN,)),
-        name="dense")(x))
+        name="dense")(x)
+    x = activations.apply(self.activation, x, "dense_act", axis_names=(MLP_HIDDEN,),
+                          param_dtype=self.param_dtype)
     if self.dropout_rate:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     logits = nn.Dense(

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxtrain.models import activations, drop_path
 from jaxtrain.models.registry import (
     BATCH, CLASSES, EMBED, MLP_HIDDEN, NORM, register)
 
@@ -127,11 +128,12 @@ class SelfAttention(nn.Module):
 
 
 class MlpBlock(nn.Module):
-  """Dense(mlp_dim) -> GELU -> dropout -> Dense(width): column- then row-parallel."""
+  """Dense(mlp_dim) -> act (GELU) -> dropout -> Dense(width): column-, row-parallel."""
   mlp_dim: int
   dropout_rate: float
   dtype: Any
   param_dtype: Any
+  activation: str = "gelu_tanh"
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -140,7 +142,9 @@ class MlpBlock(nn.Module):
     y = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                  kernel_init=_param(_kernel_init, (EMBED, MLP_HIDDEN)),
                  bias_init=_param(bias_init, (MLP_HIDDEN,)), name="fc1")(x)
-    y = _constrain(nn.gelu(y), BATCH, LENGTH, MLP_HIDDEN)
+    y = activations.apply(self.activation, y, "act", axis_names=(MLP_HIDDEN,),
+                          param_dtype=self.param_dtype)
+    y = _constrain(y, BATCH, LENGTH, MLP_HIDDEN)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
                     kernel_init=_param(_kernel_init, (MLP_HIDDEN, EMBED)),
@@ -150,8 +154,9 @@ class MlpBlock(nn.Module):
 class EncoderBlock(nn.Module):
   """Pre-LN block: x + Attn(LN(x)), then x + MLP(LN(x)), dropout on each branch.
 
-  ``deterministic`` is a field rather than a call argument so that `nn.remat` of the
-  block needs no static arguments.
+  Stochastic depth (``drop_path_rate``) drops each residual branch per example,
+  after its dropout. ``deterministic`` is a field rather than a call argument so
+  that `nn.remat` of the block needs no static arguments.
   """
   num_heads: int
   mlp_dim: int
@@ -159,16 +164,20 @@ class EncoderBlock(nn.Module):
   deterministic: bool
   dtype: Any
   param_dtype: Any
+  activation: str = "gelu_tanh"
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    drop = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)
+    dropout = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)
+    drop_branch = drop_path.DropPath(self.drop_path_rate, self.deterministic)
+    drop = lambda y: drop_branch(dropout(y))  # noqa: E731
     y = _layer_norm(self.dtype, self.param_dtype, "ln_attn")(x)
     y = SelfAttention(self.num_heads, self.dtype, self.param_dtype, name="attn")(y)
     x = _constrain(x + drop(y), BATCH, LENGTH, EMBED)
     y = _layer_norm(self.dtype, self.param_dtype, "ln_mlp")(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
-                 name="mlp")(y, self.deterministic)
+                 self.activation, name="mlp")(y, self.deterministic)
     return _constrain(x + drop(y), BATCH, LENGTH, EMBED)
 
 
@@ -189,6 +198,10 @@ class ViT(nn.Module):
       instead of storing them: less memory, same numbers, ~1/3 more compute.
     dtype: compute dtype of the matmuls; the logits are float32 whatever it is.
     param_dtype: parameter dtype.
+    activation: the MLP's activation (`jaxtrain.models.activations`); default
+      the tanh approximation of GELU, as Flax's and big_vision's ``nn.gelu``.
+    drop_path_rate: stochastic depth rate of the last block, rate * l / depth for
+      block l (`jaxtrain.models.drop_path`; DeiT, Touvron et al. 2020).
   """
   num_classes: int
   patch_size: int = 2
@@ -200,6 +213,14 @@ class ViT(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  activation: str = "gelu_tanh"
+  drop_path_rate: float = 0.0
+
+  def __post_init__(self) -> None:
+    activations.check(self.activation)
+    drop_path.check_rate(self.dropout_rate, "model.dropout_rate")
+    drop_path.check_rate(self.drop_path_rate, "model.drop_path_rate")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -207,9 +228,11 @@ class ViT(nn.Module):
     x = self._embed(jnp.asarray(x, self.dtype))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+    rates = drop_path.drop_path_rates(self.drop_path_rate, self.depth)
     for i in range(self.depth):
       x = block_cls(self.num_heads, self.mlp_dim, self.dropout_rate, not train,
-                    self.dtype, self.param_dtype, name=f"block{i}")(x)
+                    self.dtype, self.param_dtype, self.activation, rates[i],
+                    name=f"block{i}")(x)
     x = _layer_norm(self.dtype, self.param_dtype, "ln_final")(x)
     # Pool and classify in float32: the logits are never rounded to bfloat16.
     pooled = _constrain(jnp.mean(x.astype(jnp.float32), axis=1), BATCH, EMBED)
