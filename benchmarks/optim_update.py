@@ -17,9 +17,12 @@ follow. On XLA:CPU every fusion has one output, so a one-buffer optimizer whose
 direction needs g itself (AddSign, PowerSign: mult(sign(g) sign(m)) * g) streams
 g twice -- once to update m, once with p and the new m -- 7 array passes against
 momentum SGD's 6 (its update reads only the new m). Their time ratio lies between
-1 and 7/6, nearer 1 where caches absorb the second read.
+1 and 7/6, nearer 1 where caches absorb the second read. XLA:TPU fuses each leaf's
+whole update into one multi-output fusion, so there both move what momentum SGD
+moves: `--topology=v4:2x2x1` (needs libtpu, no TPU) prints the update's
+MB/update compiled for that TPU's device, next to the CPU timings.
 
-  python benchmarks/optim_update.py [--repeats 25] [--iters 5]
+  python benchmarks/optim_update.py [--repeats 25] [--iters 5] [--topology v4:2x2x1]
 """
 from __future__ import annotations
 
@@ -80,8 +83,14 @@ def make_step(tx: optax.GradientTransformation):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def bytes_per_update(step, params, opt_state, grads) -> float:
-  """Bytes read + written by the compiled update (XLA cost analysis)."""
+def bytes_per_update(step, params, opt_state, grads, device=None) -> float:
+  """Bytes read + written by the compiled update (XLA cost analysis), compiled
+  for `device` (e.g. an AOT TPU device) or, by default, where the arrays are."""
+  if device is not None:
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    params, opt_state, grads = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        (params, opt_state, grads))
   cost = step.lower(params, opt_state, grads).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("bytes accessed", float("nan")))
@@ -118,17 +127,26 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=25, help="timed rounds")
   parser.add_argument("--iters", type=int, default=5, help="updates per round")
+  parser.add_argument("--topology", default="", help="also report MB/update "
+                      "compiled for this TPU topology's device, e.g. v4:2x2x1")
   args = parser.parse_args()
+  target = None
+  if args.topology:
+    from jaxtrain import aot  # pylint: disable=g-import-not-at-top
+    target = aot.get_target(args.topology)
 
   params = resnet50_params()
   n = sum(p.size for p in jax.tree.leaves(params))
   grads = jax.tree.map(lambda p: 1e-3 * jnp.sign(p) + 1e-4, params)
-  runs, traffic = {}, {}
+  runs, traffic, target_traffic = {}, {}, {}
   for name, tx in optimizers().items():
     p = jax.tree.map(jnp.copy, params)
     step = make_step(tx)
     s = tx.init(p)
     traffic[name] = bytes_per_update(step, p, s, grads)
+    if target:
+      target_traffic[name] = bytes_per_update(step, p, s, grads,
+                                              target.devices[0])
     p, s = step(p, s, grads)  # compile + warm up
     jax.block_until_ready((p, s))
     runs[name] = [step, p, s]
@@ -136,18 +154,23 @@ def main() -> None:
 
   print(f"ResNet-50 params: {n:,}  backend: {jax.default_backend()}  "
         f"devices: {jax.device_count()}  rounds: {args.repeats} x {args.iters}")
+  column = f"MB {target.kind}" if target else ""
   print(f"{'optimizer':<22}{'median ms/update':>18}{'min ms/update':>16}"
-        f"{'MB/update':>12}")
+        f"{'MB/update':>12}{column:>14}")
   for name, t in times.items():
+    on_target = (f"{target_traffic[name] / 1e6:>14.1f}" if target else "")
     print(f"{name:<22}{statistics.median(t) * 1e3:>18.2f}{min(t) * 1e3:>16.2f}"
-          f"{traffic[name] / 1e6:>12.1f}")
+          f"{traffic[name] / 1e6:>12.1f}{on_target}")
   print("ratios custom / closest built-in (target <= 1.15): median of per-round "
         "ratios [quartiles]; MB ratio")
   for custom, builtin in PAIRS:
     ratios = [a / b for a, b in zip(times[custom], times[builtin])]
     q1, med, q3 = statistics.quantiles(ratios, n=4)
+    on_target = (f"   {target.kind} MB "
+                 f"{target_traffic[custom] / target_traffic[builtin]:.3f}"
+                 if target else "")
     print(f"  {custom:<20} / {builtin:<20} {med:6.3f} [{q1:.3f}, {q3:.3f}]"
-          f"   MB {traffic[custom] / traffic[builtin]:.3f}")
+          f"   MB {traffic[custom] / traffic[builtin]:.3f}{on_target}")
 
 
 if __name__ == "__main__":
