@@ -137,6 +137,15 @@ dot_general = _with_weight_grad_dtype(jax.lax.dot_general)
 conv_general_dilated = _with_weight_grad_dtype(jax.lax.conv_general_dilated)
 
 
+def einsum(equation: str, x: jax.Array, kernel: jax.Array, dtype: Any) -> jax.Array:
+  """``jnp.einsum(equation, x, kernel)`` in `dtype`, the kernel's gradient in its dtype.
+
+  For layers that hold their own kernel: pass it uncast, as `Dense` does.
+  """
+  op = _with_weight_grad_dtype(functools.partial(jnp.einsum, equation))
+  return op(jnp.asarray(x, dtype), kernel)
+
+
 def promote_inputs(*args: Any, dtype: Any = None, inexact: bool = True) -> list[Any]:
   """flax's `promote_dtype` for `Dense`/`Conv`: casts the input, not the parameters.
 

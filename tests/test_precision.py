@@ -23,7 +23,7 @@ from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import collectives as coll
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
-from jaxtrain.state import create_train_state
+from jaxtrain.state import abstract_train_state, create_train_state
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "experiments",
                           "digits_cnn.py")
@@ -210,3 +210,33 @@ def test_policy_layers_bfloat16_gradients_are_float32_and_close_to_float32_model
     assert g.dtype == jnp.float32
     # bfloat16 activations (8 significant bits) through three layers.
     assert float(jnp.max(jnp.abs(g - w))) <= 0.03 * float(jnp.max(jnp.abs(w))), path
+
+
+def _partitioned_train_step(model_kwargs) -> str:
+  """The runner's bfloat16 train step on 8 data-parallel devices, as partitioned."""
+  c = config_lib.base_config()
+  for k, v in model_kwargs.items():
+    c.model[k] = v
+  c.optimizer.name = "momentum"
+  c.precision.compute_dtype = "bfloat16"
+  c.train.batch_size = 16
+  exp = runner.build(c)
+  shape, rules = exp.train_source.image_shape, c.sharding.rules
+  state, shardings = abstract_train_state(exp.model, exp.tx, shape, c.seed, exp.mesh,
+                                          rules)
+  batch_sharding = mesh_lib.batch_sharding(exp.mesh)
+  batch = {"image": jax.ShapeDtypeStruct((16, *shape), jnp.float32,
+                                         sharding=batch_sharding),
+           "label": jax.ShapeDtypeStruct((16,), jnp.int32, sharding=batch_sharding)}
+  train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
+  with sharding.activate(exp.mesh, rules):
+    lowered = train_fn.lower(state, jax.eval_shape(init_sums), batch)
+  return coll.partitioned_hlo(lowered)
+
+
+@pytest.mark.parametrize("model_kwargs", [
+    dict(name="mlp", hidden_sizes=(32, 32)),
+], ids=lambda kw: kw["name"])
+def test_models_at_bfloat16_reduce_every_gradient_in_float32(model_kwargs):
+  hlo = _partitioned_train_step(model_kwargs)
+  assert set(_all_reduced(hlo)) == {"f32"}

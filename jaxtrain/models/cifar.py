@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxtrain import precision
 from jaxtrain.models.registry import (
     CLASSES, CONV_KERNEL, EMBED, NORM, constrain_batch, register)
 from jaxtrain.parallel.batchnorm import DistributedBatchNorm
@@ -38,9 +39,10 @@ _he_fan_out = nn.with_logical_partitioning(
 def _conv(features: int, kernel: int, stride: int, dtype: Any, param_dtype: Any,
           name: str) -> nn.Conv:
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), (stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 param_dtype=param_dtype, kernel_init=_he_fan_out, name=name)
+  return precision.Conv(features, (kernel, kernel), (stride, stride),
+                        padding=((pad, pad), (pad, pad)), use_bias=False,
+                        dtype=dtype, param_dtype=param_dtype,
+                        kernel_init=_he_fan_out, name=name)
 
 
 def _norm(train: bool, group_size: int | None, dtype: Any, param_dtype: Any):
@@ -53,7 +55,7 @@ def _norm(train: bool, group_size: int | None, dtype: Any, param_dtype: Any):
 
 def _head(x: jax.Array, num_classes: int, dtype: Any, param_dtype: Any) -> jax.Array:
   x = constrain_batch(jnp.mean(x, axis=(1, 2)))
-  logits = nn.Dense(
+  logits = precision.Dense(
       num_classes, dtype=dtype, param_dtype=param_dtype,
       kernel_init=nn.with_logical_partitioning(
           nn.initializers.lecun_normal(), (EMBED, CLASSES)),

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from flax import linen as nn
-from flax.linen.dtypes import promote_dtype
+
+from jaxtrain import precision as precision_lib
 
 Initializer = Any
 
@@ -69,13 +70,15 @@ class PointwiseConv(nn.Module):
     """Maps (N, H, W, C) to (N, ceil(H / stride), ceil(W / stride), features)."""
     kernel = self.param("kernel", self.kernel_init,
                         (1, 1, x.shape[-1], self.features), self.param_dtype)
-    x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
+    # The kernel stays float32: its gradient leaves the matmul in float32.
+    (x, *_) = precision_lib.promote_inputs(x, kernel, dtype=self.dtype)
     if self.stride > 1:
       x = x[:, ::self.stride, ::self.stride, :]
     # As a 2-D (pixels, channels) matmul, the kernel gradient is dot(x2d, dy2d)
     # contracting axis 0 of both, which XLA:CPU runs in place; contracting the
     # three leading axes of 4-D operands makes it copy a transpose of dy first.
-    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=self.precision)
+    y = precision_lib.dot_general(x.reshape(-1, x.shape[-1]), kernel[0, 0],
+                                 (((1,), (0,)), ((), ())), precision=self.precision)
     return y.reshape(x.shape[:-1] + (self.features,))
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxtrain import precision
 from jaxtrain.models.registry import (
     CLASSES, EMBED, MLP_HIDDEN, constrain_batch, register)
 
@@ -41,7 +42,7 @@ class MLP(nn.Module):
     x = constrain_batch(jnp.asarray(x, self.dtype).reshape(x.shape[0], -1))
     in_axis, out_axis = EMBED, MLP_HIDDEN
     for i, width in enumerate(self.hidden_sizes):
-      x = nn.Dense(
+      x = precision.Dense(
           width, dtype=self.dtype, param_dtype=self.param_dtype,
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.lecun_normal(), (in_axis, out_axis)),
@@ -52,7 +53,7 @@ class MLP(nn.Module):
       if self.dropout_rate:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       in_axis, out_axis = out_axis, in_axis
-    logits = nn.Dense(
+    logits = precision.Dense(
         self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.lecun_normal(), (in_axis, CLASSES)),
