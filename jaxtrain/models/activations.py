@@ -72,7 +72,9 @@ class PReLU(nn.Module):
         nn.with_logical_partitioning(nn.initializers.constant(PRELU_INIT),
                                      self.axis_names),
         (x.shape[-1],), self.param_dtype)
-    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+    # The slope meets x in float32 so its gradient is reduced across replicas in
+    # float32 (`jaxtrain.precision`); the output keeps x's dtype.
+    return jnp.where(x >= 0, x, (slope * x).astype(x.dtype))
 
 
 def apply(name: str, x: jax.Array, module_name: str, *,

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxtrain import precision
 from jaxtrain.models import activations, drop_path, initializers
 from jaxtrain.models.registry import (
     CLASSES, CONV_BIAS, CONV_KERNEL, EMBED, MLP_HIDDEN, NORM, constrain_batch,
@@ -67,7 +68,7 @@ class CNN(nn.Module):
     """Maps a (B, H, W, C) batch to (B, num_classes) float32 logits."""
     x = constrain_batch(jnp.asarray(x, self.dtype))
     for i, width in enumerate(self.features):
-      x = nn.Conv(
+      x = precision.Conv(
           width, (3, 3), padding="SAME", use_bias=not self.use_bn,
           dtype=self.dtype, param_dtype=self.param_dtype,
           kernel_init=nn.with_logical_partitioning(
@@ -86,7 +87,7 @@ class CNN(nn.Module):
                             param_dtype=self.param_dtype)
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = constrain_batch(x.reshape(x.shape[0], -1))
-    x = nn.Dense(
+    x = precision.Dense(
         self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(
             initializers.get(self.kernel_init), (EMBED, MLP_HIDDEN)),
@@ -96,7 +97,7 @@ class CNN(nn.Module):
                           param_dtype=self.param_dtype)
     if self.dropout_rate:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(
+    logits = precision.Dense(
         self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.lecun_normal(), (MLP_HIDDEN, CLASSES)),

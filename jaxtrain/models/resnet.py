@@ -58,9 +58,10 @@ def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any,
                                  param_dtype=param_dtype, kernel_init=init,
                                  name=name)
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), (stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 param_dtype=param_dtype, kernel_init=init, name=name)
+  return precision.Conv(features, (kernel, kernel), (stride, stride),
+                        padding=((pad, pad), (pad, pad)), use_bias=False,
+                        dtype=dtype, param_dtype=param_dtype, kernel_init=init,
+                        name=name)
 
 
 class _Block(nn.Module):
@@ -223,7 +224,7 @@ class ResNet(nn.Module):
     x = constrain_batch(jnp.mean(x, axis=(1, 2)))
     if self.dropout_rate:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(
+    logits = precision.Dense(
         self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.normal(0.01), (EMBED, CLASSES)),

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxtrain import precision
 from jaxtrain.models import activations, drop_path
 from jaxtrain.models.registry import (
     BATCH, CLASSES, EMBED, MLP_HIDDEN, NORM, register)
@@ -89,8 +90,9 @@ class _Projection(nn.Module):
     bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_names):]
     bias = self.param("bias", _param(nn.initializers.zeros, self.bias_names),
                       bias_shape, self.param_dtype)
-    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)
+    # Kernel and bias meet the activations in float32 (`jaxtrain.precision`).
+    y = precision.einsum(self.equation, x, kernel, self.dtype)
+    return (y + bias).astype(self.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -139,16 +141,16 @@ class MlpBlock(nn.Module):
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     width = x.shape[-1]
     bias_init = nn.initializers.normal(1e-6)
-    y = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=_param(_kernel_init, (EMBED, MLP_HIDDEN)),
-                 bias_init=_param(bias_init, (MLP_HIDDEN,)), name="fc1")(x)
+    y = precision.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                        kernel_init=_param(_kernel_init, (EMBED, MLP_HIDDEN)),
+                        bias_init=_param(bias_init, (MLP_HIDDEN,)), name="fc1")(x)
     y = activations.apply(self.activation, y, "act", axis_names=(MLP_HIDDEN,),
                           param_dtype=self.param_dtype)
     y = _constrain(y, BATCH, LENGTH, MLP_HIDDEN)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=_param(_kernel_init, (MLP_HIDDEN, EMBED)),
-                    bias_init=_param(bias_init, (EMBED,)), name="fc2")(y)
+    return precision.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
+                           kernel_init=_param(_kernel_init, (MLP_HIDDEN, EMBED)),
+                           bias_init=_param(bias_init, (EMBED,)), name="fc2")(y)
 
 
 class EncoderBlock(nn.Module):
@@ -236,7 +238,7 @@ class ViT(nn.Module):
     x = _layer_norm(self.dtype, self.param_dtype, "ln_final")(x)
     # Pool and classify in float32: the logits are never rounded to bfloat16.
     pooled = _constrain(jnp.mean(x.astype(jnp.float32), axis=1), BATCH, EMBED)
-    return nn.Dense(
+    return precision.Dense(
         self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
         kernel_init=_param(nn.initializers.zeros, (EMBED, CLASSES)),
         bias_init=_param(nn.initializers.zeros, (CLASSES,)), name="head")(pooled)
@@ -251,11 +253,12 @@ class ViT(nn.Module):
     patches = _constrain(patches.reshape(b, (h // p) * (w // p), p * p * c),
                          BATCH, LENGTH, None)
     # The flattened patch pixels (p*p*C) are too few to be worth sharding.
-    x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=_param(nn.initializers.lecun_normal(), (None, EMBED)),
-                 bias_init=_param(nn.initializers.zeros, (EMBED,)),
-                 name="patch_embed")(patches)
+    x = precision.Dense(
+        self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_param(nn.initializers.lecun_normal(), (None, EMBED)),
+        bias_init=_param(nn.initializers.zeros, (EMBED,)),
+        name="patch_embed")(patches)
     pos = self.param("pos_embed", _param(nn.initializers.normal(0.02),
                                          (None, None, EMBED)),
                      (1, x.shape[1], self.width), self.param_dtype)
-    return _constrain(x + pos.astype(self.dtype), BATCH, LENGTH, EMBED)
+    return _constrain((x + pos).astype(self.dtype), BATCH, LENGTH, EMBED)
