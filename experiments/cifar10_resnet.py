@@ -25,7 +25,7 @@ Variants (`get_config` argument, comma-separated): a depth (`20` default, `32`, 
     jaxtrain train --config=experiments/cifar10_resnet.py:runlocal --workdir=/tmp/r8
 """
 from jaxtrain.config import base_config
-from jaxtrain.data import presets
+from jaxtrain import presets
 
 BATCH = 128
 ITERATIONS = 64_000

@@ -25,7 +25,7 @@ Variants: `runlocal` (WRN-10-1, synthetic data, a few steps on a CPU).
 import math
 
 from jaxtrain.config import base_config
-from jaxtrain.data import presets
+from jaxtrain import presets
 
 TRAIN_IMAGES = 50_000
 BATCH = 128

@@ -58,7 +58,7 @@ Here, a few steps at toy size (synthetic 32x32 images, batch 16, float32):
         --workdir=/tmp/r50_lars_local
 """
 from jaxtrain.config import base_config
-from jaxtrain.data import presets
+from jaxtrain import presets
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 BATCH = 32768

@@ -36,7 +36,8 @@ def _cmd(workdir):
 
 def _env():
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 "
+                      "--xla_backend_optimization_level=0")  # as conftest
   return env
 
 

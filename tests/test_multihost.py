@@ -30,7 +30,8 @@ def _free_port():
 
 def _env(devices):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                      "--xla_backend_optimization_level=0")  # as conftest
   env["JAX_PLATFORMS"] = "cpu"
   return env
 

@@ -41,7 +41,7 @@ noise of 1,000 classes) for pipeline and compile checks; shrink its budget with
 import ml_collections
 
 from jaxtrain.config import base_config
-from jaxtrain.data import presets
+from jaxtrain import presets
 from jaxtrain.study.grid import study_defaults
 
 IMAGENET_TRAIN_IMAGES = 1_281_167

@@ -177,10 +177,12 @@ def _piecewise(s, peak, total_steps, warmup):
   if len(boundaries) != len(scales):
     raise _schedule_error("scales", s.scales, f"needs one scale per boundary "
                           f"(boundaries={tuple(boundaries)})")
-  if any(not warmup < b <= total_steps for b in boundaries) or (
+  # A boundary at the end of warmup is allowed: the warmup climbs to the peak and
+  # the first scale applies from that step on (fast.ai's 1.0 -> 2.0, then 1.0).
+  if any(not warmup <= b <= total_steps for b in boundaries) or (
       boundaries != sorted(set(boundaries))):
     raise _schedule_error("boundaries", s.boundaries, "must be increasing train "
-                          f"steps in ({warmup}, {total_steps}]")
+                          f"steps in [{warmup}, {total_steps}]")
   # The joined schedule counts from the end of warmup.
   return optax.piecewise_constant_schedule(
       peak, {int(b) - warmup: float(x) for b, x in zip(boundaries, scales)})

@@ -133,7 +133,8 @@ def test_two_real_processes_read_disjoint_shards_covering_each_epoch(tmp_path):
   script = tmp_path / "worker.py"
   script.write_text(_WORKER)
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+                       "--xla_backend_optimization_level=0")
   port, data_dir = _free_port(), str(tmp_path / "tfds")
   os.makedirs(data_dir)
   outs = [tmp_path / f"out{i}.json" for i in range(2)]

@@ -1,8 +1,10 @@
-"""Input sections of the standard datasets, shared by experiment files.
+"""Config sections shared by experiment files: dataset inputs, the runlocal model.
 
 Experiment files (big_vision-style `get_config`) set `config.data` for the dataset
 they train on; these functions hold the parts several recipes share, so the TFDS
-names, splits and statistics are written once.
+names, splits and statistics are written once, and the CPU-size model that
+`runlocal` variants train (what runs there is the procedure: optimizer, schedule,
+augmentation, loss, stages; the full model only changes the compile time).
 """
 from __future__ import annotations
 
@@ -53,3 +55,14 @@ def synthetic_images(data: ml_collections.ConfigDict, size: int,
   data.synthetic.num_examples = num_examples
   data.image_shape = (size, size, 3)
   data.num_workers = 0
+
+
+def cpu_resnet(model: ml_collections.ConfigDict, width: int = 16) -> None:
+  """A ResNet-18 of `width` channels with the CIFAR stem, for `runlocal` variants.
+
+  Keeps the recipe's model options (zero-init, drop path, BN groups, ...); ResNet-50's
+  train step takes minutes to compile on a CPU, ResNet-18 at width 16 seconds.
+  """
+  model.name = "resnet18"
+  model.width = width
+  model.small_inputs = True
