@@ -32,6 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   Model kwargs live beside `model.name` and are checked against the model's
   signature; the optimizer section is `jaxtrain.optim.default_config()`.
+
+  Returns:
+    A new ConfigDict: seed, model, loss, data, optimizer, train, mesh, sharding,
+    precision, checkpoint and distill sections.
   """
   from jaxtrain import optim  # pylint: disable=g-import-not-at-top
   from jaxtrain.data import sources  # pylint: disable=g-import-not-at-top
@@ -91,7 +95,18 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/experiment.py[:arg]` and calls its `get_config(arg)`."""
+  """Loads `path/to/experiment.py[:arg]` and calls its `get_config(arg)`.
+
+  Args:
+    spec: the experiment file, optionally followed by ``:arg`` (e.g.
+      ``experiments/resnet50_imagenet_lars.py:runlocal``).
+
+  Returns:
+    The experiment's ConfigDict (not yet validated: see `validate`).
+
+  Raises:
+    ConfigError: no such file, or no `get_config` in it (field ``--config``).
+  """
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise ConfigError("--config", spec, "no such experiment file; pass "
@@ -106,7 +121,19 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Sequence[str]) -> ml_collections.ConfigDict:
-  """Applies `a.b=value` strings (the part after `--config.`), in order."""
+  """Applies `a.b=value` strings (the part after `--config.`), in order.
+
+  Args:
+    config: the config to change in place.
+    overrides: ``"section.field=value"`` strings; values are Python literals
+      unless the field is a string.
+
+  Returns:
+    `config`, changed.
+
+  Raises:
+    ConfigError: an unknown field (with the closest known name) or a bad value.
+  """
   for item in overrides:
     key, eq, raw = item.partition("=")
     if not eq:
@@ -202,7 +229,17 @@ def _parse(raw: str, old: Any) -> Any:
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks every section; raises ConfigError for the first bad field."""
+  """Checks every section before anything compiles.
+
+  Args:
+    config: a full experiment config (from `base_config` or `load`).
+
+  Returns:
+    `config`, unchanged.
+
+  Raises:
+    ConfigError: for the first bad field, naming it, its value and the fix.
+  """
   base = base_config()
   _check_keys(config, base, "", skip={"model", "optimizer", "loss", "distill"})
   _check_model(config)

@@ -46,6 +46,14 @@ IMPLS = ("auto", "reference", "fused")
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
+  """Dtypes of a run: float32 parameters and outputs, compute in `compute_dtype`.
+
+  Attributes:
+    param_dtype: dtype parameters and optimizer state are stored in.
+    compute_dtype: dtype of activations and matmul/conv inputs.
+    output_dtype: dtype of logits and loss (float32).
+    impl: the resolved op formulation, ``reference`` or ``fused`` (CPU).
+  """
   param_dtype: jnp.dtype = jnp.float32
   compute_dtype: jnp.dtype = jnp.float32
   output_dtype: jnp.dtype = jnp.float32
@@ -79,7 +87,17 @@ def resolve_impl(impl: str, platform: str | None = None, *,
 
 def make_policy(compute_dtype: str, platform: str | None = None,
                 impl: str = "auto") -> Policy:
-  """`auto` is bfloat16 on TPU/GPU and float32 on CPU, where bfloat16 is slower."""
+  """The policy for `compute_dtype` on `platform`.
+
+  Args:
+    compute_dtype: ``auto`` (bfloat16 on TPU/GPU, float32 on CPU, where bfloat16
+      is slower), ``bfloat16`` or ``float32``.
+    platform: ``cpu``, ``gpu`` or ``tpu`` (default: JAX's default backend).
+    impl: op formulation, ``auto`` (``fused`` on CPU), ``reference`` or ``fused``.
+
+  Returns:
+    The `Policy`: float32 params and outputs, the compute dtype, the impl.
+  """
   platform = platform or jax.default_backend()
   if compute_dtype == "auto":
     compute_dtype = "float32" if platform == "cpu" else "bfloat16"

@@ -38,7 +38,12 @@ from jaxtrain.state import TrainState, abstract_train_state, create_train_state
 
 @dataclasses.dataclass
 class TrainResult:
-  """The state a run ended with and the metrics of its last log/eval step."""
+  """The state a run ended with and the metrics of its last log/eval step.
+
+  Attributes:
+    state: the final `TrainState` (the best one with early stopping).
+    metrics: ``train/...`` and ``eval/...`` values of the last log/eval step.
+  """
   state: TrainState
   metrics: dict[str, float]
 
@@ -62,7 +67,20 @@ class Experiment:
 
 def build(config: ml_collections.ConfigDict,
           devices: list[jax.Device] | None = None) -> Experiment:
-  """Validates `config` and builds everything that needs no compilation."""
+  """Validates `config` and builds everything that needs no compilation.
+
+  Args:
+    config: the experiment config.
+    devices: devices of the mesh (default: all devices of all processes).
+
+  Returns:
+    The `Experiment`: config, mesh, model, optax chain and LR schedule, data
+    sources, total steps, eval batch size (and the distillation teacher).
+
+  Raises:
+    ConfigError: a bad field, a batch the mesh does not divide, a model that
+      cannot take the data's image size, ...
+  """
   config_lib.validate(config)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   mesh_lib.check_batch("train.batch_size", config.train.batch_size, mesh)

@@ -135,6 +135,14 @@ def create_train_state(model: Any, tx: Any, input_shape: tuple[int, ...], seed: 
   Shapes come from `jax.eval_shape`; shardings from the model's logical axis names
   and `rules`; then one jitted init writes each shard on its device (big_vision).
 
+  Args:
+    model: the Flax linen model.
+    tx: the optax transformation (its state is created sharded like the params).
+    input_shape: shape of one input batch, e.g. ``(8, 224, 224, 3)``.
+    seed: seed of the init and of the state's rng.
+    mesh: the device mesh.
+    rules: logical axis rules (``config.sharding.rules``).
+
   Returns:
     (state, shardings): the state and a TrainState-shaped tree of NamedShardings.
   """

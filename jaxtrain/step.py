@@ -87,6 +87,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       teacher's variables, applied with ``train=False``), called inside the step
       when the batch has no ``teacher_logits`` (distillation); its gradient is
       stopped.
+
+  Returns:
+    ``train_step(state, sums, batch) -> (state, sums)``: one update, with this
+    step's metrics added to the running `sums`.
   """
   if loss is None:
     loss = losses.SoftmaxCrossEntropy(label_smoothing)
@@ -164,6 +168,13 @@ def make_eval_step(model: nn.Module, loss: losses.Loss | None = None
   `loss` defaults to plain softmax cross-entropy (no smoothing), comparable across
   training losses; eval batches carry no teacher logits (for distillation give its
   `hard` loss, if anything).
+
+  Args:
+    model: the Flax linen model, applied with ``train=False``.
+    loss: per-example loss `loss(logits, batch)`.
+
+  Returns:
+    ``eval_step(state, batch) -> sums`` of loss, correct top-1/top-5 and count.
   """
   loss = losses.SoftmaxCrossEntropy() if loss is None else loss
 

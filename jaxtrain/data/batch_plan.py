@@ -48,7 +48,12 @@ class Stage:
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
-  """Global batch sizes by step, and the stream positions of each batch's rows."""
+  """Global batch sizes by step, and the stream positions of each batch's rows.
+
+  Attributes:
+    stages: the `Stage`s (from_step, image_size, batch_size), the first at step 0.
+    aug_repeats: copies of each example per batch (repeated augmentation).
+  """
   stages: tuple[Stage, ...]
   aug_repeats: int = 1
 

@@ -91,6 +91,13 @@ def option_names(section: Mapping[str, Any]) -> list[str]:
 def get_loss(name: str = DEFAULT, **options: Any) -> Loss:
   """Builds loss `name` with `options`; see the table above.
 
+  Args:
+    name: a registered loss name (`LOSSES`).
+    options: that loss's options, e.g. ``temperature=4.0``.
+
+  Returns:
+    The loss, a callable ``loss(logits, batch) -> (B,)`` float32 values.
+
   Raises:
     ConfigError: unknown name or option, or a bad value, naming ``loss.<field>``.
   """

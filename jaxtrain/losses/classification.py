@@ -32,6 +32,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
   (1 - eps) * one_hot + eps / num_classes. `targets`, when given, are soft labels
   (mixup/cutmix from the input pipeline) used instead of one-hot `labels`, and are
   smoothed the same way (as timm's Mixup does).
+
+  Args:
+    logits: (B, K) logits of any float dtype.
+    labels: (B,) int class labels.
+    label_smoothing: eps in [0, 1).
+    targets: optional (B, K) soft labels.
+
+  Returns:
+    (B,) float32 losses.
   """
   batch = {"label": labels} if targets is None else {"targets": targets}
   return softmax_cross_entropy(logits, class_targets(logits, batch, label_smoothing))

@@ -98,7 +98,18 @@ def _normalize_option(key: str, value: Any) -> Any:
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-  """Builds the registered model `name` with options `kwargs` (validated)."""
+  """Builds the registered model `name` with options `kwargs` (validated).
+
+  Args:
+    name: a registered model name (`model_names()`).
+    kwargs: the model's options, e.g. ``num_classes=1000, bn_group_size=8``.
+
+  Returns:
+    The Flax linen module.
+
+  Raises:
+    ConfigError: unknown name or option, or a missing required one.
+  """
   check_model_config(name, kwargs)
   options = {k: _normalize_option(k, v) for k, v in kwargs.items()}
   return _lookup(name)(**options)

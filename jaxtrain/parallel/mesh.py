@@ -44,7 +44,19 @@ def resolve_shape(mesh_config: ml_collections.ConfigDict,
 
 def make_mesh(mesh_config: ml_collections.ConfigDict,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """The mesh over `devices` (default: all devices of all processes)."""
+  """The mesh over `devices` (default: all devices of all processes).
+
+  Args:
+    mesh_config: ``config.mesh``: sizes of the ``data``, ``fsdp`` and ``model``
+      axes, one of them -1 to fill the remaining devices.
+    devices: the devices to arrange.
+
+  Returns:
+    A `jax.sharding.Mesh` with axes (data, fsdp, model).
+
+  Raises:
+    ConfigError: sizes whose product is not the device count, naming ``mesh.*``.
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_shape(mesh_config, len(devices))
   if len(devices) == len(jax.devices()):
