@@ -42,6 +42,8 @@ def sections(doc: str) -> dict[str, str]:
 def documented_names(section: str) -> set[str]:
   """Names that start an entry (`name:` or `a, b, c:` at the section's indent)."""
   lines = [l for l in section.splitlines() if l.strip()]
+  if not lines:
+    return set()
   indent = min(len(l) - len(l.lstrip()) for l in lines)
   names = set()
   for line in lines:
