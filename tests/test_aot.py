@@ -145,4 +145,8 @@ def test_v4_topology_compile_reports_tpu_memory_flops_and_all_reduce(tmp_path):
   ratio = r["flops"] / (3 * FORWARD_FLOPS * 64 / 4)
   assert 0.7 < ratio < 1.3, ratio
   reduced = sum(b for op, _, _, b in r["collectives"] if op == "all-reduce")
-  assert reduced >= 2 * PARAMS  # every gradient, in bf16 at least
+  # Every gradient, reduced in float32 though the convolutions run in bfloat16
+  # (jaxtrain.precision).
+  assert {dtype for op, dtype, _, _ in r["collectives"] if op == "all-reduce"} == {
+      "f32"}
+  assert 4 * PARAMS <= reduced <= 4 * PARAMS + 4096
