@@ -24,6 +24,7 @@ Model init uses rbg keys (every threefry draw in `model.init` takes seconds to c
 on XLA:CPU); the step itself is unchanged.
 
   python benchmarks/cpu_step.py [--rounds 5] [--reference] [--no-torch] [--no-digits]
+  python benchmarks/cpu_step.py --only-digits [--digits-steps 400]
   python benchmarks/cpu_step.py --profile [--impl reference]  # per-op table instead
 """
 from __future__ import annotations
@@ -291,6 +292,13 @@ def digits_compute_steps_per_sec(steps: int, calls: int, rounds: int) -> float:
   return statistics.median(rates)
 
 
+def digits(steps: int) -> None:
+  loop = digits_loop_steps_per_sec(steps)
+  bare = digits_compute_steps_per_sec(steps, steps // 4, 5)
+  print(f"digits CNN: runner loop {loop:.0f} steps/s, bare jitted step on a resident "
+        f"batch {bare:.0f} steps/s: loop = {loop / bare:.2f} of pure compute")
+
+
 # -- per-op profile --
 
 def profile(impl: str, top: int) -> None:
@@ -366,6 +374,8 @@ def main() -> None:
                       help="also time our step with model.impl=reference")
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--no-digits", action="store_true")
+  parser.add_argument("--only-digits", action="store_true",
+                      help="run only the digits loop-vs-compute comparison")
   parser.add_argument("--digits-steps", type=int, default=400)
   parser.add_argument("--profile", action="store_true",
                       help="print a per-op profile of our step and exit")
@@ -382,6 +392,9 @@ def main() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   if args.profile:
     profile(args.impl, args.top)
+    return
+  if args.only_digits:
+    digits(args.digits_steps)
     return
   # The child builds and warms up torch while this process compiles.
   peer = TorchPeer() if torch_available() and not args.no_torch else None
@@ -415,10 +428,7 @@ def main() -> None:
         f"per step, XLA cost analysis) = {achieved / peak:.2f} of the f32 matmul peak "
         f"measured alongside ({peak / 1e9:.0f} GFLOP/s)")
   if not args.no_digits:
-    loop = digits_loop_steps_per_sec(args.digits_steps)
-    bare = digits_compute_steps_per_sec(args.digits_steps, args.digits_steps // 4, 5)
-    print(f"digits CNN: runner loop {loop:.0f} steps/s, bare jitted step on a resident "
-          f"batch {bare:.0f} steps/s: loop = {loop / bare:.2f} of pure compute")
+    digits(args.digits_steps)
 
 
 if __name__ == "__main__":

@@ -215,6 +215,12 @@ class Flip:
   def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return image[:, ::-1] if rng.random() < self.p else image
 
+  def batch(self, images: np.ndarray, rngs: Sequence[np.random.Generator]
+            ) -> np.ndarray:
+    """`__call__` on each image of a BHWC batch, each drawing from its own rng."""
+    flip = np.asarray([rng.random() < self.p for rng in rngs])
+    return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
 
 @dataclasses.dataclass(frozen=True)
 class RandomCrop:
@@ -243,6 +249,27 @@ class RandomCrop:
     left = int(rng.integers(0, padded.shape[1] - w + 1))
     return padded[top:top + h, left:left + w]
 
+  def batch(self, images: np.ndarray, rngs: Sequence[np.random.Generator]
+            ) -> np.ndarray:
+    """`__call__` on each image of a BHWC batch: one pad, one gather.
+
+    Each image draws (top, left) from its own rng in `__call__`'s order, so the
+    crops are those of `__call__`.
+    """
+    h, w = _pair(self.size)
+    p = self.padding
+    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+    if padded.shape[1] < h or padded.shape[2] < w:
+      raise ValueError(f"random_crop({self.size}) is larger than the padded image "
+                       f"{padded.shape[1:3]}")
+    corners = np.asarray([(rng.integers(0, padded.shape[1] - h + 1),
+                           rng.integers(0, padded.shape[2] - w + 1))
+                          for rng in rngs], np.intp).reshape(-1, 2)
+    rows = corners[:, 0, None] + np.arange(h)
+    cols = corners[:, 1, None] + np.arange(w)
+    b = np.arange(len(images))[:, None, None]
+    return padded[b, rows[:, :, None], cols[:, None, :]]
+
 
 @dataclasses.dataclass(frozen=True)
 class Normalize:
@@ -268,3 +295,8 @@ class Normalize:
       raise ValueError(f"normalize has {mean.size} means and {std.size} stds for "
                        f"{image.shape[-1]} channels")
     return (image.astype(np.float32) - mean) / std
+
+  def batch(self, images: np.ndarray, rngs: Sequence[Any]) -> np.ndarray:
+    """`__call__` on a BHWC batch at once (the same per-channel arithmetic)."""
+    del rngs
+    return self(images, None)

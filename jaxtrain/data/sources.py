@@ -179,8 +179,8 @@ class Source:
                          seed: int, epochs: np.ndarray, copies: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
     records = self.read(indices)
-    images = np.stack([chain.example(r["image"], seed, e, i, c)
-                       for r, e, i, c in zip(records, epochs, indices, copies)])
+    images = chain.examples([r["image"] for r in records], seed, epochs, indices,
+                            copies)
     labels = np.asarray([r["label"] for r in records], np.int32)
     return images, labels
 
