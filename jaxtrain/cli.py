@@ -104,12 +104,14 @@ def _commands() -> list[Command]:
     return m.run(args, config)
 
   def lr_find(args, config):
+    init_distributed(args)
     from jaxtrain.study import lr_find as m  # pylint: disable=g-import-not-at-top
     return m.run(args, config)
 
   def lr_find_flags(p):
     from jaxtrain.study import lr_find as m  # pylint: disable=g-import-not-at-top
     m.add_flags(p)
+    add_multihost_flags(p)
 
   def load_study(spec, overrides, require_study=True):
     from jaxtrain.study import grid  # pylint: disable=g-import-not-at-top

@@ -293,12 +293,33 @@ def make_jitted_block(exp: Experiment, shardings: Any):
 
 
 def check_workdir(workdir: str) -> None:
-  """Fails early, naming --workdir, when checkpoints and logs cannot be written."""
-  if "://" in workdir:  # gs:// and other object stores: Orbax/TensorStore checks.
+  """Fails early, naming --workdir, when checkpoints and logs cannot be written.
+
+  A probe file is written and deleted. On an object store (gs://) that is the only
+  way to find a missing bucket, missing credentials or no write permission before
+  compilation rather than at the first write after it. No directory is made there:
+  gcsfs's makedirs would create a missing bucket.
+  """
+  # Unique across processes and hosts: every process of a pod probes the workdir.
+  name = f".write_probe_{os.getpid()}_{os.urandom(4).hex()}"
+  if "://" in workdir:
+    probe = epath.Path(workdir) / name
+    try:
+      probe.write_text("ok")
+      probe.unlink()
+    except Exception as e:  # pylint: disable=broad-except
+      # gcsfs and google-auth raise many types (not found, forbidden, no
+      # credentials): each means the run could not write its checkpoints.
+      scheme, rest = workdir.split("://", 1)
+      bucket = f"{scheme}://{rest.split('/')[0]}"
+      raise ConfigError("--workdir", workdir, f"cannot write there ({type(e).__name__}:"
+                        f" {str(e)[:200]}); check that the bucket {bucket} exists "
+                        f"(gcloud storage buckets create {bucket}) and that this "
+                        "machine's credentials may write to it") from None
     return
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+    probe = os.path.join(workdir, name)
     with open(probe, "w", encoding="utf-8") as f:
       f.write("ok")
     os.remove(probe)

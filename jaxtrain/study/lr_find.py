@@ -12,6 +12,10 @@ learning rate is the one at the minimum smoothed loss divided by 10, one order o
 magnitude below where the loss stops improving (Smith 2017); the learning rate of
 the steepest descent is reported too.
 
+On many hosts (`--num_processes` etc., as `jaxtrain train`) every process runs the
+test and process 0 writes lr_find.csv and lr_find.png, through `etils.epath`, so
+--workdir may be gs://BUCKET/PATH.
+
 The run uses the experiment's own optimizer chain (`optim.build`) with an
 `exponential` schedule, so LARS, clipping, masks etc. behave as in training. With a
 study config, `--optimizer=LABEL` picks one of its optimizers.
@@ -27,12 +31,13 @@ import argparse
 import copy
 import csv
 import dataclasses
+import io
 import math
-import os
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from jaxtrain import runner, step as step_lib
 from jaxtrain.data import pipeline
@@ -138,7 +143,7 @@ def run_range_test(config: ml_collections.ConfigDict, smoothing: float = 0.98,
 
 def add_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--workdir", required=True, metavar="DIR",
-                 help="where lr_find.png and lr_find.csv go")
+                 help="where lr_find.png and lr_find.csv go (local or gs://)")
   p.add_argument("--min_lr", type=float, default=1e-5, help="first learning rate")
   p.add_argument("--max_lr", type=float, default=10.0, help="last learning rate")
   p.add_argument("--num_steps", type=int, default=100, help="steps from min to max")
@@ -150,6 +155,19 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                  help="a study config's optimizer label (or an optimizer name)")
 
 
+def write(result: RangeTest, workdir: str) -> str:
+  """Writes lr_find.csv and lr_find.png into `workdir`; returns the PNG's path."""
+  root = epath.Path(workdir)
+  f = io.StringIO(newline="")
+  w = csv.writer(f)
+  w.writerow(["step", "learning_rate", "loss", "smoothed_loss"])
+  for i, row in enumerate(zip(result.learning_rates, result.losses, result.smoothed)):
+    w.writerow([i, *row])
+  (root / "lr_find.csv").write_text(f.getvalue(), encoding="utf-8")
+  return plots.lr_range(result.learning_rates, result.smoothed, result.suggestion,
+                        root / "lr_find.png")
+
+
 def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> int:
   runner.check_workdir(args.workdir)
   test_config = range_config(config, args.min_lr, args.max_lr, args.num_steps,
@@ -158,15 +176,9 @@ def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> int:
   if not result.learning_rates:
     print("jaxtrain: the first step already diverged; lower --min_lr")
     return 1
-  with open(os.path.join(args.workdir, "lr_find.csv"), "w", encoding="utf-8",
-            newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["step", "learning_rate", "loss", "smoothed_loss"])
-    for i, row in enumerate(zip(result.learning_rates, result.losses,
-                                result.smoothed)):
-      w.writerow([i, *row])
-  png = plots.lr_range(result.learning_rates, result.smoothed, result.suggestion,
-                       os.path.join(args.workdir, "lr_find.png"))
+  if jax.process_index() != 0:  # the same result on every process; one writes it
+    return 0
+  png = write(result, args.workdir)
   steps = len(result.learning_rates)
   end = (f"diverged at lr {result.learning_rates[-1]:.3g} after {steps} steps"
          if result.diverged else f"reached lr {result.learning_rates[-1]:.3g}")

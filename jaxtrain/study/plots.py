@@ -7,20 +7,25 @@
 - the LR range test's smoothed loss vs learning rate (Smith 2017, arXiv 1506.01186).
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot, no global backend), so
-they work the same from the CLI, from tests and inside a notebook.
+they work the same from the CLI, from tests and inside a notebook. PNGs are rendered
+into memory and written through `etils.epath`: a path may be local or gs://.
 
 Reference: Shallue et al., Measuring the Effects of Data Parallelism on Neural
 Network Training, 2018, arXiv 1811.03600.
 """
 from __future__ import annotations
 
+import io
+import os
 from typing import Any, Mapping, Sequence
 
+from etils import epath
 from matplotlib.figure import Figure
 
 from jaxtrain.study import targets
 
 Record = Mapping[str, Any]
+PathLike = str | os.PathLike
 
 
 def _by_optimizer(records: Sequence[Record]) -> dict[str, list[Record]]:
@@ -47,13 +52,15 @@ def _legend(ax, **kwargs) -> None:
     ax.legend(**kwargs)
 
 
-def _save(fig: Figure, path: str) -> str:
+def _save(fig: Figure, path: PathLike) -> str:
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  return path
+  png = io.BytesIO()  # savefig writes local files only; epath also writes gs://
+  fig.savefig(png, format="png", dpi=110)
+  epath.Path(path).write_bytes(png.getvalue())
+  return str(path)
 
 
-def steps_to_target(records: Sequence[Record], path: str, target: str = "") -> str:
+def steps_to_target(records: Sequence[Record], path: PathLike, target: str = "") -> str:
   """Log-log steps-to-target vs batch size, with perfect-scaling lines."""
   fig = Figure(figsize=(6.4, 4.6))
   ax = fig.subplots()
@@ -81,7 +88,7 @@ def steps_to_target(records: Sequence[Record], path: str, target: str = "") -> s
   return _save(fig, path)
 
 
-def best_learning_rate(records: Sequence[Record], path: str) -> str:
+def best_learning_rate(records: Sequence[Record], path: PathLike) -> str:
   """The learning rate of the best trial vs batch size, log-log."""
   fig = Figure(figsize=(6.4, 4.6))
   ax = fig.subplots()
@@ -98,7 +105,7 @@ def best_learning_rate(records: Sequence[Record], path: str) -> str:
   return _save(fig, path)
 
 
-def learning_curves(records: Sequence[Record], path: str, metric: str,
+def learning_curves(records: Sequence[Record], path: PathLike, metric: str,
                     target_value: float | None = None) -> str:
   """`metric` vs step for the best trial per batch size, one panel per optimizer."""
   groups = _by_optimizer(records)
@@ -123,7 +130,7 @@ def learning_curves(records: Sequence[Record], path: str, metric: str,
 
 
 def lr_range(lrs: Sequence[float], losses: Sequence[float], suggestion: float,
-             path: str) -> str:
+             path: PathLike) -> str:
   """Smoothed loss vs learning rate (log x) with the suggested learning rate."""
   fig = Figure(figsize=(6.4, 4.6))
   ax = fig.subplots()

@@ -13,9 +13,10 @@ maximal useful batch size, past which steps fall by less than `FLAT_GAIN`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any, Mapping, Sequence
+
+from etils import epath
 
 from jaxtrain.study import plots, sweep, targets
 
@@ -111,21 +112,22 @@ def markdown(header: Mapping[str, Any], records: Sequence[Record]) -> str:
 
 
 def write(workdir: str) -> str:
-  """Regenerates the plots and report.md in `workdir`; returns the Markdown."""
+  """Regenerates the plots and report.md in `workdir` (a local directory or
+  gs://BUCKET/PATH: written through etils.epath); returns the Markdown."""
+  root = epath.Path(workdir)
   header, records = sweep.load_results(workdir)
   if not records:
-    raise FileNotFoundError(f"no trials in {os.path.join(workdir, sweep.RESULTS_JSON)}"
+    raise FileNotFoundError(f"no trials in {root / sweep.RESULTS_JSON}"
                             "; run `jaxtrain sweep --workdir` there first")
   target = header.get("target", "")
-  plots.steps_to_target(records, os.path.join(workdir, "steps_to_target.png"), target)
-  plots.best_learning_rate(records, os.path.join(workdir, "best_learning_rate.png"))
+  plots.steps_to_target(records, root / "steps_to_target.png", target)
+  plots.best_learning_rate(records, root / "best_learning_rate.png")
   parsed = targets.parse(target) if target else None
-  plots.learning_curves(records, os.path.join(workdir, "learning_curves.png"),
+  plots.learning_curves(records, root / "learning_curves.png",
                         parsed.metric if parsed else "eval/accuracy",
                         parsed.value if parsed else None)
   text = markdown(header, records)
-  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
-    f.write(text)
+  sweep.write_atomic(root / "report.md", text)
   return text
 
 

@@ -12,13 +12,15 @@ target is its steps-to-target (Shallue et al. 2018, arXiv 1811.03600), and with
 step budget.
 
 After each group `DIR/results.json` (with learning curves) and `DIR/results.csv` are
-rewritten atomically. A re-run with the same study and workdir skips every trial
-already there (a trial's id hashes its whole config, so a changed study reruns only
-what changed); a group interrupted by SIGTERM/SIGINT is run again from its start.
+rewritten atomically, by process 0 only, through `etils.epath` (DIR may be a local
+directory or gs://BUCKET/PATH). A re-run with the same study and workdir skips every
+trial already there (a trial's id hashes its whole config, so a changed study reruns
+only what changed); a group interrupted by SIGTERM/SIGINT is run again from its start.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -28,6 +30,7 @@ from typing import Any, Callable, Sequence
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from jaxtrain import runner
 from jaxtrain.data import pipeline, sources
@@ -44,19 +47,29 @@ Record = dict[str, Any]
 
 def load_results(workdir: str) -> tuple[dict[str, Any], list[Record]]:
   """(header, trial records) from DIR/results.json; ({}, []) when absent."""
-  path = os.path.join(workdir, RESULTS_JSON)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / RESULTS_JSON
+  if not path.exists():
     return {}, []
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+  data = json.loads(path.read_text(encoding="utf-8"))
   return {k: v for k, v in data.items() if k != "trials"}, data["trials"]
 
 
-def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8", newline="") as f:
-    write(f)
-  os.replace(tmp, path)
+def write_atomic(path: epath.Path, data: str | bytes) -> None:
+  """Writes a whole file that readers see either as before or complete.
+
+  Locally through a temporary file and a rename. An object store's upload is
+  atomic already (and its "rename" a copy), so the object is written directly.
+  """
+  if "://" in str(path):
+    tmp = path
+  else:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+  if isinstance(data, bytes):
+    tmp.write_bytes(data)
+  else:
+    tmp.write_text(data, encoding="utf-8")
+  if tmp != path:
+    tmp.replace(path)
 
 
 def write_results(workdir: str, header: dict[str, Any],
@@ -64,17 +77,17 @@ def write_results(workdir: str, header: dict[str, Any],
   """Writes results.json (everything) and results.csv (one row per trial)."""
   if jax.process_index() != 0:
     return
-  _atomic_write(os.path.join(workdir, RESULTS_JSON), lambda f: json.dump(
-      {**header, "trials": list(records)}, f, indent=1))
+  root = epath.Path(workdir)
+  write_atomic(root / RESULTS_JSON,
+               json.dumps({**header, "trials": list(records)}, indent=1))
   finals = sorted({k for r in records for k in r.get("final", {})})
-
-  def write_csv(f):
-    w = csv.writer(f)
-    w.writerow([*COLUMNS, *(f"final/{k}" for k in finals)])
-    for r in records:
-      w.writerow([_csv(r.get(c)) for c in COLUMNS]
-                 + [_csv(r.get("final", {}).get(k)) for k in finals])
-  _atomic_write(os.path.join(workdir, RESULTS_CSV), write_csv)
+  f = io.StringIO(newline="")
+  w = csv.writer(f)
+  w.writerow([*COLUMNS, *(f"final/{k}" for k in finals)])
+  for r in records:
+    w.writerow([_csv(r.get(c)) for c in COLUMNS]
+               + [_csv(r.get("final", {}).get(k)) for k in finals])
+  write_atomic(root / RESULTS_CSV, f.getvalue())
 
 
 def _csv(value: Any) -> Any:
@@ -220,7 +233,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
   todo = [t for t, finished in zip(trials, _finished(trials, done)) if not finished]
   if len(todo) < len(trials):
     log(f"Resuming: {len(trials) - len(todo)} of {len(trials)} trials already in "
-        f"{os.path.join(workdir, RESULTS_JSON)}")
+        f"{epath.Path(workdir) / RESULTS_JSON}")
   max_size = study.max_trials_per_group if study.vectorize else 1
   group_list = grid.groups(
       todo, max_size, lambda t: vectorized.supports(t.config.optimizer))
@@ -245,7 +258,9 @@ def main(args, config: ml_collections.ConfigDict) -> int:
   from jaxtrain import preemption  # pylint: disable=g-import-not-at-top
   from jaxtrain.study import report  # pylint: disable=g-import-not-at-top
   records = run(config, args.workdir, watcher=preemption.installed())
-  if records:
+  # Only process 0 wrote results.json: on a pod with a local --workdir the other
+  # workers have none to report from.
+  if records and jax.process_index() == 0:
     print(report.write(args.workdir), end="")
     print(f"Results, plots and report.md are in {args.workdir}")
   return 0

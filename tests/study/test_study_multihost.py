@@ -1,0 +1,88 @@
+"""`jaxtrain sweep` / `lr-find` on 2 processes x 4 CPU devices (gloo on 127.0.0.1).
+
+Each process runs in its own directory with the same relative `--workdir`, as the
+workers of a TPU pod with a local workdir do: each has its own disk. Only process 0
+writes results, reports and plots; the others must finish without them.
+"""
+import csv
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from jaxtrain.study import grid, lr_find
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STUDY = os.path.join(ROOT, "experiments", "scaling", "digits_cnn.py")
+OVERRIDES = ["model.features=(8,)", "model.hidden=16", "study.batch_sizes=(32,)",
+             "study.optimizers=('sgd',)", "study.lr_grid=(1.0,)",
+             "study.warmup_epochs=(0.0,)", "study.max_steps=10", "study.eval_every=5"]
+LR_FIND = ["--optimizer=sgd", "--min_lr=1e-3", "--max_lr=10", "--num_steps=10"]
+SWEEP_FILES = {"results.json", "results.csv", "report.md", "steps_to_target.png",
+               "best_learning_rate.png", "learning_curves.png"}
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run_two_processes(tmp_path, command: str, *extra: str) -> list[str]:
+  """Runs `jaxtrain COMMAND --workdir=out` in tmp_path/p0 and tmp_path/p1."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
+      "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"))
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    cwd = tmp_path / f"p{i}"
+    cwd.mkdir()
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "jaxtrain.cli", command, f"--config={STUDY}",
+         "--workdir=out", *extra, *(f"--config.{o}" for o in OVERRIDES),
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+         f"--process_id={i}"], cwd=cwd, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=300)[0])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  return outs
+
+
+def _written(tmp_path, i: int) -> set[str]:
+  out = tmp_path / f"p{i}" / "out"
+  return {f.name for f in out.iterdir() if f.is_file()} if out.exists() else set()
+
+
+def test_sweep_writes_results_and_report_on_process_0_only(tmp_path):
+  outs = _run_two_processes(tmp_path, "sweep")
+  assert _written(tmp_path, 0) == SWEEP_FILES
+  assert _written(tmp_path, 1) == set()
+  assert "| sgd | 32 |" in outs[0] and "| sgd | 32 |" not in outs[1]
+  assert "b32-sgd" in outs[1]  # process 1 ran the trial too
+
+
+def test_lr_find_joins_the_processes_and_writes_on_process_0_only(tmp_path):
+  outs = _run_two_processes(tmp_path, "lr-find", *LR_FIND)
+  assert _written(tmp_path, 0) == {"lr_find.csv", "lr_find.png"}
+  assert _written(tmp_path, 1) == set()
+  assert "suggested learning rate" in outs[0]
+  assert "suggested learning rate" not in outs[1]
+  # 2 processes x 4 devices (each loading its half of every batch) = 1 x 8 devices.
+  config = lr_find.range_config(grid.load(STUDY, OVERRIDES), 1e-3, 10.0, 10, "sgd")
+  one = lr_find.run_range_test(config)
+  with open(tmp_path / "p0" / "out" / "lr_find.csv") as f:
+    rows = list(csv.DictReader(f))
+  np.testing.assert_allclose([float(r["learning_rate"]) for r in rows],
+                             1e-3 * 1e4 ** (np.arange(10) / 9), rtol=1e-5)
+  np.testing.assert_allclose([float(r["loss"]) for r in rows], one.losses,
+                             rtol=0, atol=1e-5)
