@@ -26,9 +26,10 @@ flags ($LR_FIND_FLAGS_HELP). Running the same command again with the same
 trials already in its results). A worker that still runs a jaxtrain job refuses to
 start another (the TPU can only be used by one process).
 
-sweep and lr-find write their results with local file I/O, not to gs://: give them a
---workdir on the workers' disks (a relative path is under --remote-dir); the results
-are on worker 0 (process 0 writes them), e.g.
+sweep and lr-find write their results from process 0, to gs://BUCKET/PATH (kept
+when the slice goes; a sweep resumed on another slice skips its finished trials) or
+to a directory on the workers' disks (a relative path is under --remote-dir; the
+results are then on worker 0 only), e.g.
   gcloud compute tpus tpu-vm scp --worker=0 NAME:jaxtrain/DIR/report.md . --zone=Z
 
 Flags:
@@ -38,7 +39,7 @@ $SSH_HELP
   --config=FILE         experiment (or study) module, relative to the source directory
                         on the workers (e.g. experiments/resnet50_imagenet_lars.py)
   --workdir=DIR         train: run directory shared by all workers, gs://BUCKET/PATH;
-                        sweep, lr-find: a directory on the workers (not gs://)
+                        sweep, lr-find: gs://BUCKET/PATH or a directory on the workers
   --run=RUN             run name, for the log and pid files [last part of --workdir]
   --env=KEY=VALUE       set an environment variable for jaxtrain (repeatable),
                         e.g. --env=TFDS_DATA_DIR=gs://bucket/tfds
@@ -121,11 +122,9 @@ check_arg() {
 if ((LAUNCH)); then
   require "$CONFIG" --config
   require "$WORKDIR" --workdir
-  if [[ $COMMAND == train ]]; then
-    [[ $WORKDIR == gs://* ]] ||
-      warn "--workdir=$WORKDIR is not on gs://: the workers of a pod share no local disk"
-  elif [[ $WORKDIR == *://* ]]; then
-    die_usage "--workdir=$WORKDIR: jaxtrain $COMMAND writes its results with local file I/O; use a directory on the workers (results on worker 0), e.g. --workdir=studies/NAME"
+  # sweep and lr-find: only process 0 writes, so a local workdir works (on worker 0).
+  if [[ $COMMAND == train && $WORKDIR != gs://* ]]; then
+    warn "--workdir=$WORKDIR is not on gs://: the workers of a pod share no local disk"
   fi
   for kv in ${ENVS[@]+"${ENVS[@]}"}; do
     [[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die_usage "--env=$kv: expected KEY=VALUE"

@@ -444,15 +444,19 @@ def test_run_starts_on_all_workers_with_overrides_quoted(gcloud):
   assert words[end + 1] == "$HOME/jaxtrain-logs/r50.log"  # run name from the workdir
 
 
+@pytest.mark.parametrize("workdir", ["studies/digits", "gs://bucket/studies/digits"])
 @pytest.mark.parametrize("command,extra", [
     ("sweep", []),
     ("lr-find", ["--min_lr=1e-4", "--max_lr=3", "--num_steps=50", "--smoothing=0.9",
                  "--divergence_factor=4", "--optimizer=it's lars (base)"]),
 ])
-def test_run_starts_sweep_and_lr_find_on_all_workers(gcloud, command, extra):
-  gcloud.run("run.sh", *TPU_ARGS, f"--command={command}",
-             "--config=experiments/scaling/digits_cnn.py", "--workdir=studies/digits",
-             "--", *extra, *TRICKY_OVERRIDES)
+def test_run_starts_sweep_and_lr_find_on_all_workers(gcloud, command, extra, workdir):
+  """A local or gs:// workdir (process 0 writes the results through etils.epath),
+  without the warning `train` gives for a local one."""
+  proc = gcloud.run("run.sh", *TPU_ARGS, f"--command={command}",
+                    "--config=experiments/scaling/digits_cnn.py", f"--workdir={workdir}",
+                    "--", *extra, *TRICKY_OVERRIDES)
+  assert "not on gs://" not in proc.stderr
   (call,) = gcloud.calls()
   assert_ssh_all(call)
   words = shlex.split(remote_command(call))
@@ -460,20 +464,25 @@ def test_run_starts_sweep_and_lr_find_on_all_workers(gcloud, command, extra):
   end = words.index(">>", start)
   assert words[start:end] == [
       "jaxtrain", command, "--config=experiments/scaling/digits_cnn.py",
-      "--workdir=studies/digits", *extra, *TRICKY_OVERRIDES]
+      f"--workdir={workdir}", *extra, *TRICKY_OVERRIDES]
   assert words[end + 1] == "$HOME/jaxtrain-logs/digits.log"
 
 
 def test_run_lr_find_flags_are_the_cli_flags():
   """The flags run.sh lets through after '--' for lr-find are those of
-  `jaxtrain lr-find` (besides --config and --workdir)."""
+  `jaxtrain lr-find` (besides --config, --workdir and the multi-host flags, which on
+  Cloud TPU are detected, as for train)."""
   import argparse  # pylint: disable=g-import-not-at-top
   from jaxtrain import cli  # pylint: disable=g-import-not-at-top
   (lr_find,) = [c for c in cli._commands() if c.name == "lr-find"]  # pylint: disable=protected-access
-  parser = argparse.ArgumentParser()
-  lr_find.add_flags(parser)
-  cli_flags = {o[2:] for a in parser._actions for o in a.option_strings  # pylint: disable=protected-access
-               if o.startswith("--") and o not in ("--help", "--workdir")}
+
+  def flags(add):
+    parser = argparse.ArgumentParser()
+    add(parser)
+    return {o[2:] for a in parser._actions for o in a.option_strings  # pylint: disable=protected-access
+            if o.startswith("--") and o not in ("--help", "--workdir")}
+  cli_flags = flags(lr_find.add_flags) - flags(cli.add_multihost_flags)
+  assert "num_processes" in flags(lr_find.add_flags)
   listed = re.search(r"^LR_FIND_FLAGS=\((.*)\)$", (TPU / "run.sh").read_text(), re.M)
   assert set(listed.group(1).split()) == cli_flags
 
@@ -610,8 +619,6 @@ def test_run_derives_the_run_name_and_warns_on_local_workdir(gcloud):
     (["--tail", "--lines=x"], "--lines=x"),
     (["--command=eval"], "--command=eval: expected train, sweep or lr-find"),
     (["--tail", "--command=sweep"], "--command only applies when starting a run"),
-    (["--command=sweep"], "--workdir=gs://bucket/runs/r50/: jaxtrain sweep writes"),
-    (["--command=lr-find", "--workdir=gs://b/lr"], "--workdir=gs://b/lr: jaxtrain lr-find"),
     (["--command=sweep", "--workdir=s", "--", "--min_lr=1"], "override '--min_lr=1'"),
     (["--command=lr-find", "--workdir=s", "--", "--max-lr=1"],
      "argument '--max-lr=1' after '--'"),
