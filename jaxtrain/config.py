@@ -13,6 +13,7 @@ import difflib
 import importlib.util
 import math
 import os
+import types
 from typing import Any, Sequence
 
 import ml_collections
@@ -111,12 +112,29 @@ def load(spec: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise ConfigError("--config", spec, "no such experiment file; pass "
                       "--config=experiments/<name>.py")
-  module_spec = importlib.util.spec_from_file_location("_jaxtrain_experiment", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigError("--config", spec, "an experiment file must define get_config()")
   return module.get_config(arg) if arg else module.get_config()
+
+
+def load_module(path: str) -> types.ModuleType:
+  """Imports the experiment file at `path` (experiment files are not a package).
+
+  Lets one experiment build on another's functions, e.g. ResNet strikes back A2
+  calling A1's `procedure(...)`.
+
+  Args:
+    path: the file; relative paths are relative to the working directory.
+
+  Returns:
+    The module, executed.
+  """
+  name = "_jaxtrain_experiment_" + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
