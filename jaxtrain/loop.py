@@ -102,7 +102,7 @@ class Loop:
       stopping = self.watcher.should_stop(step)
       values = {}
       if step % self.cfg.train.log_every == 0 or step == total:
-        values = self._train_values(sums, step, last, time.perf_counter() - t0)
+        values = self._train_values(sums, step, last, t0)
         sums, last = step_lib.reset(sums), step
       if self._every(step, self.cfg.train.eval_every) or step == total:
         values.update(self.evaluate(state))
@@ -222,8 +222,11 @@ class Loop:
       jax.profiler.stop_trace()
       self._tracing = False
 
-  def _train_values(self, sums, step: int, last: int, elapsed: float):
+  def _train_values(self, sums, step: int, last: int, t0: float):
+    # The clock stops after the fetch: the host dispatches ahead of the device,
+    # and steps still queued at the log point belong to this window.
     fetched = jax.device_get(sums)
+    elapsed = time.perf_counter() - t0
     self._check_nonfinite(fetched)
     window = {k: v for k, v in fetched.items() if k in _LOGGED}
     values = metrics_lib.averages(window, "train")
