@@ -300,11 +300,12 @@ def digits(steps: int, rounds: int = 3) -> None:
     bares.append(digits_compute_steps_per_sec(steps, steps // 4, 3))
     loops.append(digits_loop_steps_per_sec(steps))
   loop, bare = statistics.median(loops), statistics.median(bares)
-  r = statistics.median(a / b for a, b in zip(loops, bares))
+  ratios = [a / b for a, b in zip(loops, bares)]
+  r = statistics.median(ratios)
   print(f"digits CNN: runner loop {loop:.0f} steps/s, bare jitted step on a resident "
         f"batch {bare:.0f} steps/s (medians of {rounds} alternating rounds; load "
         f"average {os.getloadavg()[0]:.1f}): loop = {r:.2f} of pure compute "
-        "(target >= 0.8)")
+        f"(target >= 0.8; rounds {', '.join(f'{x:.2f}' for x in ratios)})")
 
 
 # -- per-op profile --
