@@ -1,14 +1,14 @@
 """API docs of `jaxtrain`: every exported function documents each parameter under Args
 and its result under Returns; every exported class has a docstring naming what it is
 and, for dataclasses and NamedTuples, each field under Attributes. (`jaxtrain.optim`
-has the same checks in tests/optim/test_optim_docs.py, whose section parser this uses.)"""
+has the same checks in tests/optim/test_optim_docs.py; both parse with tests/docstrings.py.)"""
 import dataclasses
 import inspect
 
 import pytest
 
 import jaxtrain
-from tests.optim.test_optim_docs import documented_names, sections
+from docstrings import documented_names, sections  # tests/docstrings.py
 
 EXPORTS = {name: getattr(jaxtrain, name) for name in jaxtrain.__all__}
 FUNCTIONS = sorted(n for n, obj in EXPORTS.items() if inspect.isfunction(obj))

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from docstrings import documented_names, sections  # tests/docstrings.py
 from jaxtrain import optim
 
 # Exports that implement an algorithm from a paper or a reference implementation.
@@ -17,40 +18,10 @@ ALGORITHMS = (
     "inverse_time_decay_schedule", "warmup_polynomial_schedule",
     "with_linear_warmup", "scale_lr", "track_params_ema",
 )
-SECTION = re.compile(r"^(Args|Attributes|Returns|Raises|Example|References):\s*$")
 
 EXPORTS = {name: getattr(optim, name) for name in optim.__all__}
 FUNCTIONS = sorted(n for n, obj in EXPORTS.items() if inspect.isfunction(obj))
 CLASSES = sorted(n for n, obj in EXPORTS.items() if inspect.isclass(obj))
-
-
-def sections(doc: str) -> dict[str, str]:
-  """Google-style docstring sections: header -> the indented text under it."""
-  out, current = {}, None
-  for line in doc.splitlines():
-    match = SECTION.match(line)
-    if match:
-      current = match.group(1)
-      out[current] = ""
-    elif current and (line.startswith(" ") or not line.strip()):
-      out[current] += line + "\n"
-    else:
-      current = None
-  return out
-
-
-def documented_names(section: str) -> set[str]:
-  """Names that start an entry (`name:` or `a, b, c:` at the section's indent)."""
-  lines = [l for l in section.splitlines() if l.strip()]
-  if not lines:
-    return set()
-  indent = min(len(l) - len(l.lstrip()) for l in lines)
-  names = set()
-  for line in lines:
-    entry = re.match(r"(\w+(?:, \w+)*):", line[indent:])
-    if len(line) - len(line.lstrip()) == indent and entry:
-      names.update(entry.group(1).split(", "))
-  return names
 
 
 def test_every_export_is_a_function_a_class_or_a_tuple_of_names():
