@@ -5,9 +5,8 @@ the suite is dominated by compiling small programs, which this makes ~2x cheaper
 (tests/test_runner.py + test_stages.py: 105 -> 46 CPU-s). XLA's HLO passes are the
 same; LLVM's instruction selection may round a few values differently in the last
 float32 ulp (e.g. ~4% of initial weights), so tests compare runs made under the same
-flags, or against references within float32 tolerance. The code runs slower:
-heavy bfloat16 work (emulated on CPU) stays on one device, clear of XLA:CPU's 40 s
-collective rendezvous timeout. Set XLA_FLAGS yourself to test at the default level.
+flags, or against references within float32 tolerance. Set XLA_FLAGS yourself to
+test at the default level.
 """
 import os
 
