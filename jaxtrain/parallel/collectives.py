@@ -146,11 +146,16 @@ def partitioned_hlo(lowered: Any) -> str:
   as the partitioner emitted them, before backend passes change their dtypes.
   """
   with tempfile.TemporaryDirectory() as tmp:
+    # JAX's persistent compilation cache (e.g. set by `jaxtrain sweep`) drops dump
+    # options from its key, so a cached program would be returned without compiling
+    # or dumping; xla_embed_ir_in_executable stays in the key and changes no code.
     lowered.compile(compiler_options={"xla_dump_to": tmp,
-                                      "xla_dump_hlo_pass_re": "spmd-partitioning"})
+                                      "xla_dump_hlo_pass_re": "spmd-partitioning",
+                                      "xla_embed_ir_in_executable": True})
     found = sorted(glob.glob(os.path.join(tmp, "*after_spmd-partitioning*.txt")))
     if not found:
       raise RuntimeError("XLA wrote no after_spmd-partitioning dump (a program "
-                         "compiled for one device is not partitioned)")
+                         "compiled for one device is not partitioned, or it came "
+                         "from a cache)")
     with open(found[-1], encoding="utf-8") as f:
       return f.read()
