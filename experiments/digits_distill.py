@@ -21,22 +21,15 @@ import os
 import sys
 import tempfile
 
-from jaxtrain.config import base_config
+from jaxtrain import config as config_lib
 
 
 def get_config(arg=None):
-  c = base_config()
-  c.seed = 0
+  """The default digits recipe (digits_cnn.py) with an MLP-32 student."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  c = config_lib.load_module(os.path.join(here, "digits_cnn.py")).get_config()
   c.model.name = "mlp"
   c.model.hidden_sizes = (32,)
-  c.data.train_transforms = "random_crop(8, padding=1)"
-  c.optimizer.name = "momentum"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.schedule.name = "warmup_cosine"
-  c.optimizer.schedule.warmup_steps = 50
-  c.train.batch_size = 64
-  c.train.num_epochs = 30.0
-  c.train.log_every = 100
   c.train.eval_every = 0
   c.checkpoint.every = 0
   if arg != "alone":
@@ -49,7 +42,6 @@ def get_config(arg=None):
 
 def _measure(seeds=(0, 1, 2)) -> None:
   """Trains the teacher once, then each seed's student alone and distilled."""
-  from jaxtrain import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxtrain import runner  # pylint: disable=g-import-not-at-top
   root = tempfile.mkdtemp(prefix="digits_distill_")
   teacher_dir = os.path.join(root, "teacher")
