@@ -60,13 +60,6 @@ def get_config(arg=None):
   c.checkpoint.every = 2000
   if "runlocal" in tokens:
     c.model.depth = 8
-    presets.synthetic_images(c.data, 32)
-    c.data.train_transforms = "random_crop(32, padding=4)|flip|normalize"
-    c.data.eval_transforms = "normalize"
-    c.train.batch_size = 16
-    c.train.num_steps = 12
-    c.train.log_every = 6
-    c.train.eval_every = 0
-    c.checkpoint.every = 0
+    presets.cifar10_runlocal(c)
     c.optimizer.schedule.boundaries = (4, 8)
   return c

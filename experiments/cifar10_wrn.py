@@ -62,14 +62,6 @@ def get_config(arg=None):
   c.checkpoint.every = epoch_step(5)
   if arg == "runlocal":
     c.model.depth, c.model.widen_factor = 10, 1
-    presets.synthetic_images(c.data, 32)
-    c.data.train_transforms = "random_crop(32, padding=4)|flip|normalize"
-    c.data.eval_transforms = "normalize"
-    c.train.batch_size = 16
-    c.train.num_epochs = 0.0
-    c.train.num_steps = 12
-    c.train.log_every = 6
-    c.train.eval_every = 0
-    c.checkpoint.every = 0
+    presets.cifar10_runlocal(c)
     c.optimizer.schedule.boundaries = (4, 8, 10)
   return c

@@ -29,7 +29,9 @@ each on 2 shared CPU cores), test accuracy / last logged train loss: mixup 100.0
 360 images: one is 0.28%). The soft targets keep the train loss high; on a problem
 this easy they do not raise the test accuracy, they only must not cost it.
 """
-from jaxtrain.config import base_config
+import os
+
+from jaxtrain import config as config_lib
 
 SHIFTS = "random_crop(8, padding=1)"
 BATCH_OPS = {
@@ -44,17 +46,10 @@ def get_config(arg=None):
   variant = arg or "mixup"
   if variant not in BATCH_OPS:
     raise ValueError(f"get_config({arg!r}): variants are {sorted(BATCH_OPS)}")
-  c = base_config()
-  c.seed = 0
-  c.model.name = "cnn"
+  here = os.path.dirname(os.path.abspath(__file__))
+  c = config_lib.load_module(os.path.join(here, "digits_cnn.py")).get_config()
   c.data.train_transforms = f"{SHIFTS}|{BATCH_OPS[variant]}"
-  c.optimizer.name = "momentum"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.schedule.name = "warmup_cosine"
-  c.optimizer.schedule.warmup_steps = 50
-  c.train.batch_size = 64
   c.train.num_epochs = 15.0
-  c.train.log_every = 100
   c.train.eval_every = 0
   c.checkpoint.every = 0
   return c

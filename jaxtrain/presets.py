@@ -66,3 +66,17 @@ def cpu_resnet(model: ml_collections.ConfigDict, width: int = 16) -> None:
   model.name = "resnet18"
   model.width = width
   model.small_inputs = True
+
+
+def cifar10_runlocal(c: ml_collections.ConfigDict, num_steps: int = 12) -> None:
+  """A CIFAR recipe at toy size: synthetic 32x32 images, the same augmentation,
+  batch 16, `num_steps` steps, evaluation only at the end, no checkpoints."""
+  synthetic_images(c.data, 32)
+  c.data.train_transforms = "random_crop(32, padding=4)|flip|normalize"
+  c.data.eval_transforms = "normalize"
+  c.train.batch_size = 16
+  c.train.num_epochs = 0.0
+  c.train.num_steps = num_steps
+  c.train.log_every = num_steps // 2
+  c.train.eval_every = 0
+  c.checkpoint.every = 0
