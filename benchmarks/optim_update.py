@@ -2,9 +2,12 @@
 
 Custom optimizers (jaxtrain.optim lars / addsign / powersign) against Optax
 built-ins measured in the same run: optax.lars (same exclusions), optax.sgd with
-momentum (one buffer, like AddSign/PowerSign: the closest built-in) and optax.adam
-(two buffers, for reference). Each timed call is update + apply_updates with params
-and optimizer state donated, the same params and gradients for all.
+momentum (one buffer, like AddSign/PowerSign), optax.lion (Chen et al. 2023, arXiv
+2302.06675: also found by program search, also one buffer and a direction built
+from the signs of g and m -- the built-in whose update has AddSign's and
+PowerSign's shape) and optax.adam (two buffers, for reference). Each timed call
+is update + apply_updates with params and optimizer state donated, the same
+params and gradients for all.
 
 Fairness and noise: after one warm-up round, every round times a block of `iters`
 updates of each optimizer, in a fresh random order, so all see the same machine
@@ -19,8 +22,10 @@ g twice -- once to update m, once with p and the new m -- 7 array passes against
 momentum SGD's 6 (its update reads only the new m). Their time ratio lies between
 1 and 7/6, nearer 1 where caches absorb the second read. XLA:TPU fuses each leaf's
 whole update into one multi-output fusion, so there both move what momentum SGD
-moves: `--topology=v4:2x2x1` (needs libtpu, no TPU) prints the update's
-MB/update compiled for that TPU's device, next to the CPU timings.
+moves. Lion's update, sign(b1 m + (1 - b1) g), needs g and m in the same two
+places, so on XLA:CPU it streams the same 7 passes. `--topology=v4:2x2x1` (needs
+libtpu, no TPU) prints the update's MB/update compiled for that TPU's device, next
+to the CPU timings.
 
   python benchmarks/optim_update.py [--repeats 25] [--iters 5] [--topology v4:2x2x1]
 """
@@ -72,6 +77,7 @@ def optimizers() -> dict[str, optax.GradientTransformation]:
       "jaxtrain addsign": optim.addsign(0.1),
       "jaxtrain powersign": optim.powersign(0.1),
       "optax.sgd(momentum)": optax.sgd(0.1, momentum=0.9),
+      "optax.lion": optax.lion(1e-4),
       "optax.adam": optax.adam(1e-3),
   }
 
@@ -119,6 +125,8 @@ def time_rounds(runs: dict, grads, rounds: int, iters: int) -> dict:
 PAIRS = (("jaxtrain lars", "optax.lars"),
          ("jaxtrain addsign", "optax.sgd(momentum)"),
          ("jaxtrain powersign", "optax.sgd(momentum)"),
+         ("jaxtrain addsign", "optax.lion"),
+         ("jaxtrain powersign", "optax.lion"),
          ("jaxtrain addsign", "optax.adam"),
          ("jaxtrain powersign", "optax.adam"))
 

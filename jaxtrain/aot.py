@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
+from jaxtrain import ema as ema_lib
 from jaxtrain import runner
 from jaxtrain.data import builders, tfds_source, transforms
 from jaxtrain.errors import ConfigError
@@ -207,6 +208,23 @@ def _physical_mesh(mesh: Mesh, devices: list[Any]) -> Mesh:
   return Mesh(array, mesh.axis_names, axis_types=mesh.axis_types)
 
 
+def _with_shardings(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      tree, shardings)
+
+
+def _on_mesh(exp: runner.Experiment, mesh: Mesh) -> runner.Experiment:
+  """`exp` on `mesh` (same axes, devices reordered): a distillation teacher's
+  abstract variables move to it too."""
+  teacher = exp.teacher
+  if teacher is not None:
+    moved = jax.tree.map(lambda x: NamedSharding(mesh, x.sharding.spec),
+                         teacher.variables)
+    teacher = dataclasses.replace(
+        teacher, variables=_with_shardings(teacher.variables, moved))
+  return dataclasses.replace(exp, mesh=mesh, teacher=teacher)
+
+
 def _example_batch(exp: runner.Experiment) -> dict[str, jax.ShapeDtypeStruct]:
   """The global batch `pipeline.to_global` would feed: every key, shape and dtype."""
   rows = exp.train_source.load_batch(np.arange(2), train=True)
@@ -292,11 +310,15 @@ def compile_train_step(config: ml_collections.ConfigDict,
   config, notes = compile_config(config, target)
   exp = runner.build(config, target.devices)
   if target.platform != "cpu":
-    exp = dataclasses.replace(exp, mesh=_physical_mesh(exp.mesh, target.devices))
+    exp = _on_mesh(exp, _physical_mesh(exp.mesh, target.devices))
   rules = config.sharding.rules
   state, shardings = abstract_train_state(
       exp.model, exp.tx, exp.train_source.image_shape, config.seed, exp.mesh, rules)
+  if exp.ema is not None:  # the weight average is a second copy of params + stats
+    shardings = ema_lib.shardings(shardings)
+    state = _with_shardings(jax.eval_shape(ema_lib.init, state), shardings)
   batch = _example_batch(exp)
+  teacher = (exp.teacher.variables,) if exp.teacher is not None else ()
   # Outside the mesh context: it builds the zeroed metric sums eagerly, here.
   train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
   sums = jax.eval_shape(init_sums)
@@ -305,7 +327,7 @@ def compile_train_step(config: ml_collections.ConfigDict,
                  "run scans that many steps per program; compiled here: one step")
   t0 = time.perf_counter()
   with sharding.activate(exp.mesh, rules):
-    lowered = train_fn.lower(state, sums, batch)
+    lowered = train_fn.lower(state, sums, batch, *teacher)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()

@@ -201,7 +201,7 @@ def _train_step(exp: Experiment, teacher_variables: Any = None
 
   def step(state, batch):
     state, metrics = train_step(state, batch)
-    if state.ema is not None:  # None in a state built without it (AOT compile)
+    if state.ema is not None:  # None in a state built without it
       state = ema_lib.update(state, exp.ema)
     return state, metrics
 

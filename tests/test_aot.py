@@ -86,6 +86,17 @@ def test_fsdp_rule_shards_the_dense_kernel_eight_ways():
   assert gathered >= 4 * DENSE_KERNEL  # the kernel is gathered whole for use
 
 
+def test_ema_adds_a_copy_of_the_params_to_the_compiled_state():
+  c = base_config()
+  c.model.name, c.data.source, c.train.batch_size = "cnn", "arrays", 64
+  c.train.ema_decay = 0.999
+  report, _ = aot.compile_train_step(c, aot.get_target("cpu:8"))
+  # Replicated params, momentum and their average (the CNN has no batch stats).
+  expected = 3 * 4 * PARAMS + _batch_bytes(64 // 8)
+  assert expected <= report.memory["arguments"] <= expected + 1024
+  assert report.state_bytes >= 3 * 4 * PARAMS
+
+
 def test_unprepared_tfds_dataset_compiles_from_shape_and_metadata(tmp_path):
   c = base_config()
   c.model.name, c.train.batch_size = "cnn", 64

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtrain import runner
+from jaxtrain import aot, runner
 from jaxtrain.config import base_config
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
@@ -114,3 +114,14 @@ def test_digits_distill_experiment_builds_with_a_teacher(teacher):
   alone = runner.build(config_lib.load("experiments/digits_distill.py:alone"),
                        jax.devices()[:1])
   assert alone.teacher is None and alone.model == exp.model
+
+
+def test_compile_takes_the_teacher_as_an_argument_of_the_step(teacher):
+  """`jaxtrain compile` of a distillation run: the teacher's variables are inputs
+  of the compiled step, next to the student's params and momentum."""
+  report, _ = aot.compile_train_step(_student(teacher[0]), aot.get_target("cpu:4"))
+  student = 64 * 16 + 16 + 16 * 10 + 10
+  teacher_params = 64 * 32 + 32 + 32 * 10 + 10
+  batch = BATCH // 4 * (64 * 4 + 4 + 4)  # float32 image, int32 label and index
+  expected = 4 * (2 * student + teacher_params) + batch
+  assert expected <= report.memory["arguments"] <= expected + 1024

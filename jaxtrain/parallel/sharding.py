@@ -65,7 +65,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 RULES_DP: tuple[tuple[str, Any], ...] = DEFAULT_RULES
 # ZeRO-3 / FSDP (Rajbhandari et al. 2019, arXiv 1910.02054): parameters and optimizer
 # state sharded over `fsdp` along their embedding / conv-output dimension, gathered
-# per layer for compute; gradients reduce-scattered.
+# per layer for compute; each device keeps its shard of the summed gradients (the
+# partitioner's all-reduce + slice, a reduce-scatter where the backend fuses them).
 RULES_FSDP: tuple[tuple[str, Any], ...] = DEFAULT_RULES + (
     ("embed", "fsdp"),
     ("conv_out", "fsdp"),

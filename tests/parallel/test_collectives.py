@@ -13,13 +13,17 @@ What XLA:CPU emits (jax 0.10.2), measured here and relied on by these tests:
     top-1/top-5 count ranks with sums over classes (`step.top_k_correct`) instead
     of `lax.top_k`, which would need the (batch, classes) logits whole. Batch norm
     adds per-channel all-reduces of its batch moments.
-  - FSDP: parameters are all-gathered before use (ZeRO-3), but XLA:CPU has no
-    reduce-scatter: its pipeline decomposes it into a full all-reduce followed by a
-    dynamic-slice of the local shard (TPU and GPU pipelines fuse that pattern into a
-    reduce-scatter). So on CPU the FSDP gradient traffic is the same all-reduce as
-    data parallelism, and what FSDP saves here is memory, which the last test checks
-    through `compiled.memory_analysis()`: the per-device arguments (parameters and
-    momentum) are ~1/8 of the data-parallel ones. The test's traffic check counts a
+  - FSDP: parameters are all-gathered before use (ZeRO-3). XLA's SPMD partitioner
+    sums the gradient of a gathered parameter with a full all-reduce followed by a
+    dynamic-slice of the local shard; XLA's GPU pipeline (not run here) rewrites that pair into a
+    reduce-scatter (ReduceScatterCreator), XLA:CPU's does not (an explicit
+    `lax.psum_scatter` in a `shard_map` does compile to a reduce-scatter on CPU),
+    and libtpu 0.0.52, compiling for v4, v5e and v5p topologies here, lowers even
+    an explicit `psum_scatter` to an all-reduce plus slice. So here the FSDP
+    gradient traffic is the same all-reduce as data parallelism, and what FSDP
+    saves is memory, which the last test checks through
+    `compiled.memory_analysis()`: the per-device arguments (parameters and
+    momentum) are ~1/8 of the data-parallel ones. The traffic check counts a
     reduce-scatter's output times the shard count, so it holds on either lowering.
 """
 import math
@@ -215,8 +219,8 @@ def test_fsdp_gathers_params_and_reduces_gradients_once(vit_fsdp):
   # possibly again for the backward), and nothing else.
   gathered = totals["all-gather"].bytes
   assert sharded <= gathered <= 2 * sharded
-  # Each gradient is reduced once: by a reduce-scatter (GPU/TPU) or, on XLA:CPU, by
-  # a full all-reduce before the local shard is sliced out.
+  # Each gradient is reduced once: by a reduce-scatter (GPU) or, on XLA:CPU, by a
+  # full all-reduce before the local shard is sliced out (module docstring).
   reduced = _reduced_bytes(totals, 8)
   assert sharded + rest <= reduced <= 1.05 * (sharded + rest)
 
