@@ -14,7 +14,10 @@ One run prints, for ResNet-50 v1.5 at 224x224, global batch 16, float32:
      on one machine the 8 devices share its cores, so this measures the overhead of
      partitioning, not a speed-up).
 Timed calls are interleaved (ours, classic, matmul, then the reverse order, ...)
-and medians reported, so machine load affects all alike.
+and medians reported, so machine load affects all alike; the speed ratio is the
+median of the per-round ratios classic / ours (with quartiles): steps of ~4 s vary
+by +-5% on a shared machine, so a single ratio of medians can land either side of
+1.0 for the same programs.
 
 Differences in work, all against us: our step also guards against non-finite
 updates (per-leaf sums of squares, a select over the state), draws a dropout key and
@@ -22,7 +25,7 @@ accumulates metric sums (loss, accuracy, top-5). With more than one device the
 classic step normalizes each device's batch-norm statistics locally (only the
 running averages are averaged), ours over the global batch.
 
-  python benchmarks/train_step.py [--devices=1] [--repeats=5]
+  python benchmarks/train_step.py [--devices=1] [--repeats=9]
 """
 from __future__ import annotations
 
@@ -169,14 +172,17 @@ def measure(n: int, repeats: int, with_classic: bool) -> dict:
   for r in range(repeats):
     for k in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
       times[k].append(timed(calls[k]))
-  return {"flops_per_device": flops,
-          **{k: statistics.median(v) for k, v in times.items()}}
+  out = {"flops_per_device": flops,
+         **{k: statistics.median(v) for k, v in times.items()}}
+  if with_classic:  # paired: each round's classic / ours, load drift cancels
+    out["speed_ratios"] = [c / o for c, o in zip(times["classic"], times["ours"])]
+  return out
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--devices", type=int, default=1)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=9)
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -192,7 +198,12 @@ def main() -> None:
         f" = {BATCH / m['ours']:.2f} examples/s")
   print(f"classic (pmap, pmean grads + batch_stats, optax.sgd): {m['classic']:.3f} "
         f"s/step = {BATCH / m['classic']:.2f} examples/s")
-  print(f"ours / classic speed: {m['classic'] / m['ours']:.3f}x")
+  ratios = m["speed_ratios"]
+  q1, med, q3 = (statistics.quantiles(ratios, n=4) if len(ratios) > 1
+                 else ratios * 3)
+  print(f"ours / classic speed: {med:.3f}x (median of the {len(ratios)} rounds' "
+        f"ratios, quartiles {q1:.3f}-{q3:.3f}; ratio of medians "
+        f"{m['classic'] / m['ours']:.3f}x)")
   print(f"FLOPs per step per device (cost analysis): {m['flops_per_device']:.4g}; "
         f"achieved {achieved / 1e9:.1f} GFLOP/s per device = "
         f"{100 * achieved / peak:.1f}% of the f32 matmul peak {peak / 1e9:.1f} GFLOP/s")

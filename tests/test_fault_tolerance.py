@@ -8,12 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+import processes
 import pytest
 
 from jaxtrain import runner
@@ -30,15 +30,12 @@ FLAGS = ["--config.train.num_steps=240", "--config.train.num_epochs=0",
 
 
 def _cmd(workdir):
-  return [sys.executable, "-m", "jaxtrain.cli", "train", f"--config={EXPERIMENT}",
-          f"--workdir={workdir}", *FLAGS]
+  return processes.jaxtrain_cmd("train", f"--config={EXPERIMENT}",
+                                f"--workdir={workdir}", *FLAGS)
 
 
 def _env():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 "
-                      "--xla_backend_optimization_level=0")  # as conftest
-  return env
+  return processes.cpu_env(1)
 
 
 def _final_state(workdir):

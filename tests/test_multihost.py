@@ -7,12 +7,12 @@ loading assembled into global arrays, multi-host Orbax checkpoints), checked aga
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+import processes
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 EXPERIMENT = os.path.join(ROOT, "experiments", "digits_cnn.py")
@@ -22,49 +22,23 @@ FLAGS = ["--config.train.num_steps=24", "--config.train.num_epochs=0",
          "--config.optimizer.schedule.warmup_steps=4"]
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _env(devices):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                      "--xla_backend_optimization_level=0")  # as conftest
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
-
-
 def _cmd(workdir, *extra):
-  return [sys.executable, "-m", "jaxtrain.cli", "train", f"--config={EXPERIMENT}",
-          f"--workdir={workdir}", *FLAGS, *extra]
+  return processes.jaxtrain_cmd("train", f"--config={EXPERIMENT}",
+                                f"--workdir={workdir}", *FLAGS, *extra)
 
 
 def _run_one_process(workdir):
-  proc = subprocess.run(_cmd(workdir), env=_env(8), capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(_cmd(workdir), env=processes.cpu_env(8), capture_output=True,
+                        text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   return proc.stdout
 
 
 def _run_two_processes(workdir):
-  port = _free_port()
-  procs = [subprocess.Popen(
-      _cmd(workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-           f"--process_id={i}"), env=_env(4), stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=600)[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out
-  return outs
+  port = processes.free_port()
+  return processes.run_together(
+      [_cmd(workdir, *processes.multihost_flags(port, 2, i)) for i in range(2)],
+      processes.cpu_env(4), timeout=600)
 
 
 def _log(workdir):

@@ -1,12 +1,11 @@
 """Per-process shards, resumption, and one real 2-process run."""
 import json
 import os
-import socket
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import processes
 import pytest
 
 from jaxtrain.data import pipeline, transforms
@@ -123,31 +122,15 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_real_processes_read_disjoint_shards_covering_each_epoch(tmp_path):
   script = tmp_path / "worker.py"
   script.write_text(_WORKER)
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-                       "--xla_backend_optimization_level=0")
-  port, data_dir = _free_port(), str(tmp_path / "tfds")
+  port, data_dir = processes.free_port(), str(tmp_path / "tfds")
   os.makedirs(data_dir)
   outs = [tmp_path / f"out{i}.json" for i in range(2)]
-  procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), data_dir,
-                             str(outs[i])], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT) for i in range(2)]
-  try:
-    logs = [p.communicate(timeout=180)[0].decode(errors="replace")[-3000:]
-            for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  assert all(p.returncode == 0 for p in procs), logs
+  processes.run_together(
+      [[sys.executable, str(script), str(port), str(i), data_dir, str(outs[i])]
+       for i in range(2)], processes.cpu_env(2), timeout=180)
   results = [json.loads(o.read_text()) for o in outs]
   assert [r["devices"] for r in results] == [4, 4]
   local = [np.asarray(r["indices"]) for r in results]  # (12 batches, 8 rows) each

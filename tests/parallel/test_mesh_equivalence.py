@@ -123,9 +123,9 @@ def _train_losses(model: str, mesh: str) -> dict:
 
 def _train_on_every_mesh(model: str, outdir: str) -> dict:
   """Runs the child process for `model`; returns {mesh: losses, layout}."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"))
-  proc = subprocess.run([sys.executable, __file__, model, outdir], env=env,
+  import processes  # pylint: disable=g-import-not-at-top  (tests/, parent only)
+  proc = subprocess.run([sys.executable, __file__, model, outdir],
+                        env=processes.cpu_env(8),
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(os.path.join(outdir, "result.json")) as f:

@@ -6,11 +6,9 @@ writes results, reports and plots; the others must finish without them.
 """
 import csv
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
+import processes
 
 from jaxtrain.study import grid, lr_find
 
@@ -24,38 +22,17 @@ SWEEP_FILES = {"results.json", "results.csv", "report.md", "steps_to_target.png"
                "best_learning_rate.png", "learning_curves.png"}
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _run_two_processes(tmp_path, command: str, *extra: str) -> list[str]:
   """Runs `jaxtrain COMMAND --workdir=out` in tmp_path/p0 and tmp_path/p1."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"))
-  port = _free_port()
-  procs = []
-  for i in range(2):
-    cwd = tmp_path / f"p{i}"
+  port = processes.free_port()
+  cwds = [tmp_path / f"p{i}" for i in range(2)]
+  for cwd in cwds:
     cwd.mkdir()
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "jaxtrain.cli", command, f"--config={STUDY}",
-         "--workdir=out", *extra, *(f"--config.{o}" for o in OVERRIDES),
-         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-         f"--process_id={i}"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True))
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=300)[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
-  return outs
+  return processes.run_together(
+      [processes.jaxtrain_cmd(command, f"--config={STUDY}", "--workdir=out", *extra,
+                              *(f"--config.{o}" for o in OVERRIDES),
+                              *processes.multihost_flags(port, 2, i))
+       for i in range(2)], processes.cpu_env(4), timeout=300, cwds=cwds)
 
 
 def _written(tmp_path, i: int) -> set[str]:
