@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxtrain import aot, runner
+from jaxtrain.study import lr_find
 from jaxtrain.config import base_config
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
@@ -62,6 +63,20 @@ def _files(directory):
                 for r, _, fs in os.walk(directory) for f in fs)
 
 
+def _first_batch_kl(exp, teacher_params):
+  """Hinton et al. 2015 in numpy: T^2 KL(softmax(t/T) || softmax(s/T)) on the
+  run's first batch, teacher = the teacher run's final params, student = its
+  initial params."""
+  config = exp.config
+  student, _ = create_train_state(exp.model, exp.tx, exp.train_source.image_shape,
+                                  config.seed, exp.mesh, config.sharding.rules)
+  batch = next(pipeline.train_iterator(exp.train_source, BATCH, config.seed))
+  x = batch["image"].reshape(BATCH, -1).astype(np.float64)
+  logp = _log_softmax(_mlp_logits(teacher_params, x) / TEMPERATURE)
+  logq = _log_softmax(_mlp_logits(jax.device_get(student.params), x) / TEMPERATURE)
+  return (TEMPERATURE**2 * np.sum(np.exp(logp) * (logp - logq), axis=-1)).mean()
+
+
 def test_student_step_uses_the_restored_teachers_logits(teacher, tmp_path):
   teacher_dir, teacher_params = teacher
   before = _files(teacher_dir)
@@ -71,16 +86,7 @@ def test_student_step_uses_the_restored_teachers_logits(teacher, tmp_path):
   runner.train(config, str(tmp_path), devices=jax.devices()[:4])
   with open(tmp_path / "metrics.jsonl") as f:
     logged = json.loads(f.readline())["train/loss"]
-  # Hinton et al. 2015 in numpy: T^2 KL(softmax(t/T) || softmax(s/T)) on batch 1,
-  # teacher = the teacher run's final params, student = its initial params.
-  student, _ = create_train_state(exp.model, exp.tx, exp.train_source.image_shape,
-                                  config.seed, exp.mesh, config.sharding.rules)
-  batch = next(pipeline.train_iterator(exp.train_source, BATCH, config.seed))
-  x = batch["image"].reshape(BATCH, -1).astype(np.float64)
-  logp = _log_softmax(_mlp_logits(teacher_params, x) / TEMPERATURE)
-  logq = _log_softmax(_mlp_logits(jax.device_get(student.params), x) / TEMPERATURE)
-  kl = TEMPERATURE**2 * np.sum(np.exp(logp) * (logp - logq), axis=-1)
-  np.testing.assert_allclose(logged, kl.mean(), rtol=1e-5)
+  np.testing.assert_allclose(logged, _first_batch_kl(exp, teacher_params), rtol=1e-5)
   assert _files(teacher_dir) == before  # read-only: nothing written or touched
 
 
@@ -125,3 +131,12 @@ def test_compile_takes_the_teacher_as_an_argument_of_the_step(teacher):
   batch = BATCH // 4 * (64 * 4 + 4 + 4)  # float32 image, int32 label and index
   expected = 4 * (2 * student + teacher_params) + batch
   assert expected <= report.memory["arguments"] <= expected + 1024
+
+
+def test_lr_range_test_of_a_student_uses_the_teachers_logits(teacher):
+  teacher_dir, teacher_params = teacher
+  config = lr_find.range_config(_student(teacher_dir), 1e-3, 1.0, 3)
+  result = lr_find.run_range_test(config, devices=jax.devices()[:4])
+  exp = runner.build(config, jax.devices()[:4])
+  np.testing.assert_allclose(result.losses[0], _first_batch_kl(exp, teacher_params),
+                             rtol=1e-5)

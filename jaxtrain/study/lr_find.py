@@ -40,6 +40,7 @@ import numpy as np
 from etils import epath
 
 from jaxtrain import runner, step as step_lib
+from jaxtrain import teacher as teacher_lib
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import mesh as mesh_lib
@@ -113,6 +114,8 @@ def run_range_test(config: ml_collections.ConfigDict, smoothing: float = 0.98,
   state, shardings = create_train_state(exp.model, exp.tx, exp.train_source.image_shape,
                                         config.seed, exp.mesh, rules)
   batch_sh = mesh_lib.batch_sharding(exp.mesh)
+  # Distillation: the loss needs the teacher's logits, so its variables come along.
+  teacher = () if exp.teacher is None else (teacher_lib.restore(exp.teacher).variables,)
   it = pipeline.train_iterator(exp.train_source, config.train.batch_size, config.seed)
   lrs, losses, smoothed, diverged, avg = [], [], [], False, 0.0
   try:
@@ -120,7 +123,8 @@ def run_range_test(config: ml_collections.ConfigDict, smoothing: float = 0.98,
       train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
       sums = init_sums()
       for k in range(exp.total_steps):
-        state, sums = train_fn(state, sums, pipeline.to_global(next(it), batch_sh))
+        state, sums = train_fn(state, sums, pipeline.to_global(next(it), batch_sh),
+                               *teacher)
         fetched = jax.device_get(sums)
         sums = step_lib.reset(sums)
         loss = float(fetched["loss"] / fetched["count"])
