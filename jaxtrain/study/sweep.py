@@ -236,7 +236,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
         f"{epath.Path(workdir) / RESULTS_JSON}")
   max_size = study.max_trials_per_group if study.vectorize else 1
   group_list = grid.groups(
-      todo, max_size, lambda t: vectorized.supports(t.config.optimizer))
+      todo, max_size, lambda t: vectorized.supports_trial(t.config))
   for i, group in enumerate(group_list):
     log(f"[{i + 1}/{len(group_list)}] {_describe(group)}")
     records = run_group(group, target, study, devices, watcher)

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxtrain import losses
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import optim, runner, step as step_lib
 from jaxtrain.data import pipeline
@@ -59,6 +60,15 @@ def _full(opt_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     else:
       c[key] = value
   return c
+
+
+def supports_trial(config: ml_collections.ConfigDict) -> bool:
+  """Whether a trial's experiment config can run in a vectorized group: its
+  optimizer `supports`, and no run-level state the group does not carry (a
+  distillation teacher, a weight average)."""
+  loss = config.get("loss") or {}
+  return (supports(config.optimizer) and loss.get("name") != "distillation"
+          and not config.train.get("ema_decay"))
 
 
 def supports(opt_config: ml_collections.ConfigDict) -> bool:
@@ -258,8 +268,8 @@ class GroupProgram:
                                jnp.asarray([c.seed for c in configs], jnp.int32),
                                trial_hparams(configs), stacked)
     index = jnp.asarray([self.seeds.index(c.seed) for c in configs], jnp.int32)
-    train_step = step_lib.make_train_step(
-        exp.model, tx, label_smoothing=exp.config.train.label_smoothing)
+    train_step = step_lib.make_train_step(exp.model, tx,
+                                          loss=losses.from_config(exp.config))
     shared = len(self.seeds) == 1
 
     def one(state, total, batch):

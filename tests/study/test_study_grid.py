@@ -130,3 +130,14 @@ def test_vectorized_chain_covers_the_study_optimizers_only():
   mlperf = ml_collections.ConfigDict(dict(
       name="lars", schedule=dict(name="mlperf_polynomial")))
   assert not vectorized.supports(mlperf)
+
+
+def test_trials_with_a_teacher_or_a_weight_average_run_one_by_one():
+  c = base_config()
+  c.optimizer.name = "momentum"
+  assert vectorized.supports_trial(c)
+  c.train.ema_decay = 0.999
+  assert not vectorized.supports_trial(c)
+  c.train.ema_decay = 0.0
+  c.loss.name = "distillation"
+  assert not vectorized.supports_trial(c)

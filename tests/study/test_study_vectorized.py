@@ -52,18 +52,22 @@ def _vectorized_log(configs):
   return logs
 
 
-@pytest.mark.parametrize("name", ["momentum", "lars"])
+@pytest.mark.parametrize("name", ["momentum", "lars", "momentum+focal"])
 def test_vectorized_trials_match_one_by_one_runs(tmp_path, name):
   # Learning rate, warmup, momentum (b1), weight decay and seed all differ.
+  name, _, loss = name.partition("+")
   configs = [_config(0.05, 0, 0.9, 0.0, 0, name),
              _config(0.02, 3, 0.8, 1e-3, 1, name)]
+  for c in configs:  # the experiment's loss, not a default cross-entropy
+    c.loss.name = loss or c.loss.name
   if name == "lars":
     for c in configs:
       c.optimizer.learning_rate *= 20
   vec = _vectorized_log(configs)
-  # LARS: the second trial (warmup, weight decay, seed 1) only, to save a compile.
+  # LARS, focal: the second trial (warmup, weight decay, seed 1) only, to save a
+  # compile.
   for i, c in enumerate(configs):
-    if name == "lars" and i == 0:
+    if (name == "lars" or loss) and i == 0:
       continue
     runner.train(c, str(tmp_path / str(i)))
     with open(os.path.join(tmp_path, str(i), "metrics.jsonl")) as f:
