@@ -359,8 +359,16 @@ def _truncate_log(workdir: str, step: int) -> None:
   path.write_text("".join(kept))
 
 
-def _initial_state(exp: Experiment) -> tuple[TrainState, Any]:
-  """A fresh TrainState in its shards (with the EMA when configured)."""
+def initial_state(exp: Experiment) -> tuple[TrainState, Any]:
+  """A fresh TrainState in its shards (with the EMA when configured).
+
+  Args:
+    exp: from `build`.
+
+  Returns:
+    (state, shardings): the TrainState as sharded arrays, and its NamedShardings
+    (the second argument of `make_jitted_steps`).
+  """
   rules = exp.config.sharding.rules
   state, shardings = create_train_state(
       exp.model, exp.tx, exp.train_source.image_shape, exp.config.seed, exp.mesh,
@@ -390,7 +398,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   exp = build(config, devices)
   check_workdir(workdir)
   rules = config.sharding.rules
-  state, shardings = _initial_state(exp)
+  state, shardings = initial_state(exp)
   teacher = () if exp.teacher is None else (teacher_lib.restore(exp.teacher).variables,)
   data_iter = pipeline.train_iterator(exp.train_source, config.train.batch_size,
                                       config.seed, plan=exp.plan)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxtrain import aot, runner
-from jaxtrain.study import lr_find
+from jaxtrain.study import lr_find, vectorized
 from jaxtrain.config import base_config
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
@@ -140,3 +140,15 @@ def test_lr_range_test_of_a_student_uses_the_teachers_logits(teacher):
   exp = runner.build(config, jax.devices()[:4])
   np.testing.assert_allclose(result.losses[0], _first_batch_kl(exp, teacher_params),
                              rtol=1e-5)
+
+
+def test_sweep_trial_of_a_student_uses_the_teachers_logits(teacher):
+  """A study trial run alone (a group of one) takes the runner's step, teacher
+  included: its first train loss is the numpy KL of the first batch."""
+  teacher_dir, teacher_params = teacher
+  group = vectorized.build_group([_student(teacher_dir)], jax.devices()[:4])
+  it = pipeline.train_iterator(group.exp.train_source, BATCH, group.seeds[0])
+  group.step([next(it)])
+  it.close()
+  np.testing.assert_allclose(group.train_metrics()[0]["train/loss"],
+                             _first_batch_kl(group.exp, teacher_params), rtol=1e-5)

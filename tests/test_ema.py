@@ -39,7 +39,7 @@ def _trajectory(decay, warmup_power):
   c.train.ema_decay = decay
   c.train.ema_warmup_power = warmup_power
   exp = runner.build(c, jax.devices()[:1])
-  state, shardings = runner._initial_state(exp)  # pylint: disable=protected-access
+  state, shardings = runner.initial_state(exp)
   batches = pipeline.train_iterator(exp.train_source, 16, c.seed)
   weights = [jax.device_get((state.params, state.model_state))]
   with sharding.activate(exp.mesh, c.sharding.rules):

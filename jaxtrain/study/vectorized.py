@@ -33,11 +33,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxtrain import losses
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import optim, runner, step as step_lib
+from jaxtrain import teacher as teacher_lib
 from jaxtrain.data import pipeline
 from jaxtrain.optim import masks
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
-from jaxtrain.state import TrainState, create_train_state
+from jaxtrain.state import TrainState
 
 VECTOR_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars")
 VECTOR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "warmup_linear",
@@ -248,13 +249,15 @@ class GroupProgram:
       self.sums = self._init_sums()
 
   def _build_single(self) -> None:
+    """The runner's own state (with the EMA) and step (with the teacher)."""
     exp = self.exp
-    self.states, shardings = create_train_state(
-        exp.model, exp.tx, exp.train_source.image_shape, self.configs[0].seed,
-        exp.mesh, self.rules)
+    self.states, shardings = runner.initial_state(exp)
     train_fn, eval_fn, self._init_sums = runner.make_jitted_steps(
         exp, self.states, shardings)
-    self._train = train_fn
+    teacher = ()
+    if exp.teacher is not None:
+      teacher = (teacher_lib.restore(exp.teacher).variables,)
+    self._train = lambda state, sums, batch: train_fn(state, sums, batch, *teacher)
     self._eval = eval_fn
     self._stacked = False
 
