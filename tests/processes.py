@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from typing import Sequence
 
 
@@ -18,7 +19,8 @@ def free_port() -> int:
 
 def cpu_env(devices: int) -> dict[str, str]:
   """This process's environment for a child JAX with `devices` CPU devices,
-  compiling at LLVM -O0 as tests/conftest.py does."""
+  compiling at LLVM -O0 as tests/conftest.py does by default (XLA_FLAGS is
+  replaced, not extended)."""
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
       f"--xla_force_host_platform_device_count={devices} "
       "--xla_backend_optimization_level=0"))
@@ -38,9 +40,11 @@ def run_together(commands: Sequence[Sequence[str]], env: dict[str, str],
                  timeout: float, cwds: Sequence[str | os.PathLike] | None = None
                  ) -> list[str]:
   """Starts every command at once (the processes of one distributed job), waits
-  for all, kills any left after `timeout` s; returns their outputs (stdout and
-  stderr) after asserting that each exited 0, showing the tail of any that did not.
+  for all, kills any left `timeout` s after the start; returns their outputs
+  (stdout and stderr) after asserting that each exited 0, showing the tail of
+  every process's output when one did not.
   """
+  deadline = time.monotonic() + timeout
   procs = [subprocess.Popen(list(cmd), env=env, cwd=cwds[i] if cwds else None,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace")
@@ -48,11 +52,13 @@ def run_together(commands: Sequence[Sequence[str]], env: dict[str, str],
   outs = []
   try:
     for p in procs:
-      outs.append(p.communicate(timeout=timeout)[0])
+      outs.append(p.communicate(timeout=max(0.0, deadline - time.monotonic()))[0])
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
+  if any(p.returncode != 0 for p in procs):
+    raise AssertionError("\n".join(
+        f"--- process {i} exited {p.returncode}:\n{out[-3000:]}"
+        for i, (p, out) in enumerate(zip(procs, outs))))
   return outs

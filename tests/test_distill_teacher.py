@@ -5,6 +5,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from jaxtrain import aot, runner
 from jaxtrain.study import lr_find, vectorized
@@ -152,3 +153,19 @@ def test_sweep_trial_of_a_student_uses_the_teachers_logits(teacher):
   it.close()
   np.testing.assert_allclose(group.train_metrics()[0]["train/loss"],
                              _first_batch_kl(group.exp, teacher_params), rtol=1e-5)
+
+
+def test_pod_compile_moves_the_teachers_variables_to_the_physical_mesh(teacher):
+  """`jaxtrain compile` reorders a TPU mesh's devices for the torus; the abstract
+  teacher variables must follow, or the step's shardings would name two meshes."""
+  exp = runner.build(_student(teacher[0]), jax.devices()[:4])
+  reordered = Mesh(exp.mesh.devices[::-1], exp.mesh.axis_names,
+                   axis_types=exp.mesh.axis_types)
+  moved = aot._on_mesh(exp, reordered)  # pylint: disable=protected-access
+  assert moved.mesh is reordered
+  before = jax.tree.leaves(exp.teacher.variables)
+  after = jax.tree.leaves(moved.teacher.variables)
+  assert len(after) == len(before) > 0
+  for a, b in zip(after, before):
+    assert a.sharding.mesh is reordered and a.sharding.spec == b.sharding.spec
+    assert (a.shape, a.dtype) == (b.shape, b.dtype)

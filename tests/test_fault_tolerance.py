@@ -13,8 +13,9 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
-import processes
 import pytest
+
+import processes
 
 from jaxtrain import runner
 from jaxtrain.config import base_config

@@ -125,11 +125,13 @@ class DeepMLP(nn.Module):
     return nn.Dense(3)(x)
 
 
-def test_finiteness_guard_is_computed_once_not_per_state_leaf():
-  """The skip-if-not-finite guard tests each gradient leaf once. Were the all-of-
-  leaves test copied into each state leaf's select (XLA folds all() of per-leaf
-  scalars into a chain of ands and fuses it into every consumer), the program
-  would hold ~leaves x state-leaves is-finite ops: 50 x 100 here."""
+def test_finiteness_guard_is_not_gradient_leaves_times_state_leaves_ops():
+  """The skip-if-not-finite guard must not cost (gradient leaves) x (state leaves)
+  ops. XLA evaluates the guard inside each state leaf's select fusion; with one
+  is_finite per gradient leaf it folded all() into a chain of ands and copied the
+  whole chain into every select: 50 x 100 = 5,252 is-finite ops here (and 68k,
+  5x the compile time, for ResNet-50). One is_finite of the stacked sums keeps
+  it to about one op per state leaf."""
   x = np.ones((4, 5), np.float32)
   model, tx = DeepMLP(), optax.sgd(0.1, momentum=0.9)
   state = _state(model, tx, x)
@@ -139,4 +141,4 @@ def test_finiteness_guard_is_computed_once_not_per_state_leaf():
   hlo = jax.jit(step_lib.make_train_step(model, tx)).lower(
       state, {"image": x, "label": np.zeros(4, np.int32)}).compile().as_text()
   is_finite = hlo.count(" is-finite(")
-  assert grad_leaves <= is_finite <= 3 * state_leaves, is_finite
+  assert is_finite <= 3 * state_leaves, is_finite

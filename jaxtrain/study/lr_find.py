@@ -28,7 +28,6 @@ References:
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import dataclasses
 import io

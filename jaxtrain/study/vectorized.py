@@ -35,10 +35,11 @@ from jaxtrain import metrics as metrics_lib
 from jaxtrain import optim, runner, step as step_lib
 from jaxtrain import teacher as teacher_lib
 from jaxtrain.data import pipeline
+from jaxtrain.errors import ConfigError
 from jaxtrain.optim import masks
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
-from jaxtrain.state import TrainState
+from jaxtrain.state import TrainState, create_train_state
 
 VECTOR_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars")
 VECTOR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "warmup_linear",
@@ -65,11 +66,24 @@ def _full(opt_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def supports_trial(config: ml_collections.ConfigDict) -> bool:
   """Whether a trial's experiment config can run in a vectorized group: its
-  optimizer `supports`, and no run-level state the group does not carry (a
-  distillation teacher, a weight average)."""
+  optimizer `supports`, and it has no distillation teacher (the vmapped step has
+  no teacher argument). A weight average (`train.ema_decay`) is not carried by
+  either kind of group: studies evaluate the raw weights, which it never changes.
+  """
   loss = config.get("loss") or {}
-  return (supports(config.optimizer) and loss.get("name") != "distillation"
-          and not config.train.get("ema_decay"))
+  return supports(config.optimizer) and loss.get("name") != "distillation"
+
+
+def _check_vectorizable(configs: Sequence[ml_collections.ConfigDict]) -> None:
+  """Raises ConfigError for a trial a vectorized group cannot run."""
+  for c in configs:
+    if not supports(c.optimizer):
+      raise ConfigError("optimizer", c.optimizer.to_dict(), "its optimizer, schedule "
+                        "or features are outside the vectorized chain; build a "
+                        "group of one per trial")
+    if not supports_trial(c):
+      raise ConfigError("loss.name", c.loss.name, "a distillation teacher does not "
+                        "fit a vectorized group; build a group of one per trial")
 
 
 def supports(opt_config: ml_collections.ConfigDict) -> bool:
@@ -249,9 +263,11 @@ class GroupProgram:
       self.sums = self._init_sums()
 
   def _build_single(self) -> None:
-    """The runner's own state (with the EMA) and step (with the teacher)."""
+    """The runner's own step (with a distillation teacher); no EMA copy."""
     exp = self.exp
-    self.states, shardings = runner.initial_state(exp)
+    self.states, shardings = create_train_state(
+        exp.model, exp.tx, exp.train_source.image_shape, self.configs[0].seed,
+        exp.mesh, self.rules)
     train_fn, eval_fn, self._init_sums = runner.make_jitted_steps(
         exp, self.states, shardings)
     teacher = ()
@@ -263,6 +279,7 @@ class GroupProgram:
 
   def _build_vectorized(self) -> None:
     exp, configs = self.exp, self.configs
+    _check_vectorizable(configs)
     shape = exp.train_source.image_shape
     has_wd = any(_full(c.optimizer).weight_decay for c in configs)
     tx = hyper_optimizer(configs[0].optimizer, exp.total_steps, has_wd)

@@ -5,8 +5,9 @@ import sys
 import textwrap
 
 import numpy as np
-import processes
 import pytest
+
+import processes
 
 from jaxtrain.data import pipeline, transforms
 from jaxtrain.data.sources import ArraySource

@@ -15,11 +15,12 @@ What XLA:CPU emits (jax 0.10.2), measured here and relied on by these tests:
     adds per-channel all-reduces of its batch moments.
   - FSDP: parameters are all-gathered before use (ZeRO-3). XLA's SPMD partitioner
     sums the gradient of a gathered parameter with a full all-reduce followed by a
-    dynamic-slice of the local shard; XLA's GPU pipeline (not run here) rewrites that pair into a
-    reduce-scatter (ReduceScatterCreator), XLA:CPU's does not (an explicit
-    `lax.psum_scatter` in a `shard_map` does compile to a reduce-scatter on CPU),
-    and libtpu 0.0.52, compiling for v4, v5e and v5p topologies here, lowers even
-    an explicit `psum_scatter` to an all-reduce plus slice. So here the FSDP
+    dynamic-slice of the local shard; XLA's GPU pipeline (not run here) rewrites
+    that pair into a reduce-scatter (ReduceScatterCreator), XLA:CPU's does not (an
+    explicit `lax.psum_scatter` in a `shard_map` does compile to a reduce-scatter
+    on CPU), and libtpu 0.0.52, compiling for v4, v5e and v5p topologies here,
+    lowers even an explicit `psum_scatter` to a standalone all-reduce of the whole
+    array (a RotatedPincer ring) followed by a slicing fusion. So here the FSDP
     gradient traffic is the same all-reduce as data parallelism, and what FSDP
     saves is memory, which the last test checks through
     `compiled.memory_analysis()`: the per-device arguments (parameters and

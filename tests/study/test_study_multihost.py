@@ -8,8 +8,8 @@ import csv
 import os
 
 import numpy as np
-import processes
 
+import processes
 from jaxtrain.study import grid, lr_find
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
