@@ -40,8 +40,7 @@ def epoch_step(epoch: float) -> int:
 
 def get_config(arg=None):
   """The paper's recipe; `arg="runlocal"` shrinks it to run on a CPU."""
-  if arg not in (None, "", "runlocal"):
-    raise ValueError(f"get_config({arg!r}): the only variant is 'runlocal'")
+  runlocal = presets.is_runlocal(arg)
   c = base_config()
   c.model.name = "wide_resnet"
   c.model.depth, c.model.widen_factor, c.model.dropout_rate = 28, 10, 0.3
@@ -60,7 +59,7 @@ def get_config(arg=None):
   c.train.log_every = 200
   c.train.eval_every = epoch_step(5)
   c.checkpoint.every = epoch_step(5)
-  if arg == "runlocal":
+  if runlocal:
     c.model.depth, c.model.widen_factor = 10, 1
     presets.cifar10_runlocal(c)
     c.optimizer.schedule.boundaries = (4, 8, 10)

@@ -43,8 +43,7 @@ def epoch_step(epoch: float, batch: int = BATCH) -> int:
 
 def get_config(arg=None):
   """The paper's recipe; `arg="runlocal"` shrinks it to run on a CPU."""
-  if arg not in (None, "", "runlocal"):
-    raise ValueError(f"get_config({arg!r}): the only variant is 'runlocal'")
+  runlocal = presets.is_runlocal(arg)
   c = base_config()
   c.model.name = "resnet50"
   c.model.zero_init_last_bn = True
@@ -65,7 +64,7 @@ def get_config(arg=None):
   c.train.log_every = 50
   c.train.eval_every = epoch_step(5)
   c.checkpoint.every = epoch_step(5)
-  if arg == "runlocal":
+  if runlocal:
     presets.synthetic_images(c.data, 32, num_examples=64, stored_size=40)
     presets.cpu_resnet(c.model)
     c.data.train_transforms = "random_resized_crop(32)|flip|normalize"

@@ -39,8 +39,7 @@ WARMUP_EPOCHS, COSINE_EPOCHS = 5, 100
 
 def get_config(arg=None):
   """The recipe; `arg="runlocal"` shrinks it to run on a CPU."""
-  if arg not in (None, "", "runlocal"):
-    raise ValueError(f"get_config({arg!r}): the only variant is 'runlocal'")
+  runlocal = presets.is_runlocal(arg)
   c = base_config()
   c.model.name = "resnet50"
   presets.imagenet(c.data)
@@ -59,7 +58,7 @@ def get_config(arg=None):
   c.train.log_every = 100
   c.train.eval_every = math.ceil(5 * IMAGES / BATCH)
   c.checkpoint.every = c.train.eval_every
-  if arg == "runlocal":
+  if runlocal:
     presets.synthetic_images(c.data, 32, num_examples=64, stored_size=40)
     presets.cpu_resnet(c.model)
     c.data.train_transforms = "random_resized_crop(32)|flip|normalize"

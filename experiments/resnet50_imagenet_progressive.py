@@ -53,8 +53,7 @@ def epoch_step(epoch: float, stages=STAGES) -> int:
 
 def get_config(arg=None):
   """The recipe; `arg="runlocal"` shrinks it to run on a CPU (two stages)."""
-  if arg not in (None, "", "runlocal"):
-    raise ValueError(f"get_config({arg!r}): the only variant is 'runlocal'")
+  runlocal = presets.is_runlocal(arg)
   c = base_config()
   c.model.name = "resnet50"
   c.model.zero_init_last_bn = True
@@ -76,7 +75,7 @@ def get_config(arg=None):
   c.train.eval_every = 0
   c.checkpoint.every = 1000
   c.precision.compute_dtype = "bfloat16"
-  if arg == "runlocal":
+  if runlocal:
     presets.synthetic_images(c.data, 32, num_examples=256, stored_size=40)
     presets.cpu_resnet(c.model)
     c.data.train_transforms = "random_resized_crop(32)|flip|normalize"

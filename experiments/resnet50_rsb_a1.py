@@ -87,8 +87,6 @@ def _runlocal(c, ra: str, mixup: float) -> None:
 
 def get_config(arg=None):
   """Procedure A1; `arg="runlocal"` shrinks it to run on a CPU."""
-  if arg not in (None, "", "runlocal"):
-    raise ValueError(f"get_config({arg!r}): the only variant is 'runlocal'")
   return procedure(epochs=600, lr=5e-3, weight_decay=0.01, train_size=224,
                    label_smoothing=0.1, ra_magnitude=7, mixup=0.2, drop_path=0.05,
-                   repeated_aug=True, runlocal=arg == "runlocal")
+                   repeated_aug=True, runlocal=presets.is_runlocal(arg))

@@ -12,15 +12,14 @@ augmentation.
 import os
 
 from jaxtrain import config as config_lib
+from jaxtrain import presets
 
 A1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resnet50_rsb_a1.py")
 
 
 def get_config(arg=None):
   """Procedure A3; `arg="runlocal"` shrinks it to run on a CPU."""
-  if arg not in (None, "", "runlocal"):
-    raise ValueError(f"get_config({arg!r}): the only variant is 'runlocal'")
   return config_lib.load_module(A1).procedure(
       epochs=100, lr=8e-3, weight_decay=0.02, train_size=160, label_smoothing=0.0,
       ra_magnitude=6, mixup=0.1, drop_path=0.0, repeated_aug=False,
-      runlocal=arg == "runlocal")
+      runlocal=presets.is_runlocal(arg))

@@ -182,3 +182,14 @@ def test_recipe_runlocal_trains_end_to_end(spec, tmp_path):
   result = runner.train(c, str(tmp_path))
   assert int(result.state.step) == c.train.num_steps
   assert np.isfinite(result.metrics["train/loss"])
+
+
+@pytest.mark.parametrize("recipe", [
+    "cifar10_wrn.py", "resnet50_imagenet_goyal.py", "resnet50_imagenet_practical.py",
+    "resnet50_imagenet_progressive.py", "resnet50_imagenet_lars.py",
+    "resnet50_rsb_a1.py", "resnet50_rsb_a2.py", "resnet50_rsb_a3.py",
+    "scaling/resnet50_imagenet.py"])
+def test_unknown_variant_names_the_only_one(recipe):
+  with pytest.raises(ValueError, match=r"get_config\('runlcoal'\): the only "
+                     r"variant is 'runlocal'"):
+    config_lib.load(f"experiments/{recipe}:runlcoal")

@@ -49,6 +49,7 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 
 def get_config(arg=None):
   """The pod study; `arg="runlocal"` shrinks it to run here in minutes."""
+  runlocal = presets.is_runlocal(arg)
   c = base_config()
   c.seed = 0
   c.model.name = "resnet50"
@@ -81,10 +82,8 @@ def get_config(arg=None):
   s.max_epochs = 90.0
   s.max_steps = 10_000_000
   c.study = s
-  if arg == "runlocal":
+  if runlocal:
     _runlocal(c)
-  elif arg:
-    raise ValueError(f"get_config({arg!r}): the only variant is 'runlocal'")
   return c
 
 
