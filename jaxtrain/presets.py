@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import ml_collections
 
+CIFAR_MEAN = (125.3, 123.0, 113.9)  # 0..255 units, as fb.resnet.torch and WRN
+CIFAR_STD = (63.0, 62.1, 66.7)
+
+
 def is_runlocal(arg: str | None) -> bool:
   """Whether `get_config(arg)` asks for the `runlocal` variant (the only variant of
   the recipes that use this); any other non-empty `arg` is a ValueError."""
   if arg not in (None, "", "runlocal"):
     raise ValueError(f"get_config({arg!r}): the only variant is 'runlocal'")
   return arg == "runlocal"
-
-
-CIFAR_MEAN = (125.3, 123.0, 113.9)  # 0..255 units, as fb.resnet.torch and WRN
-CIFAR_STD = (63.0, 62.1, 66.7)
 
 
 def cifar10(data: ml_collections.ConfigDict, num_workers: int = 4) -> None:
