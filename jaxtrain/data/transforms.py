@@ -92,9 +92,7 @@ class Chain:
   def example(self, image: Any, seed: int = 0, epoch: int = 0,
               index: int = 0, copy: int = 0) -> np.ndarray:
     """Runs the per-example ops on one image; returns a float32 HWC array."""
-    rng = (example_rng(seed, epoch, index, _EXAMPLE_STREAM, copy) if self.random
-           else None)
-    return self._run(image, rng)
+    return self._run(image, self._rng(seed, epoch, index, copy))
 
   def examples(self, images: Sequence[Any], seed: int, epochs: Sequence[int],
                indices: Sequence[int], copies: Sequence[int]) -> np.ndarray:
@@ -105,14 +103,20 @@ class Chain:
     one gather instead of 64 of each); each image still draws from its own
     `example_rng`, in the same order, so the result is `example`'s.
     """
-    rngs = [example_rng(seed, e, i, _EXAMPLE_STREAM, c) if self.random else None
-            for e, i, c in zip(epochs, indices, copies)]
+    rngs = [self._rng(seed, e, i, c) for e, i, c in zip(epochs, indices, copies)]
     if not self._batchable(images):
       return np.stack([self._run(image, rng) for image, rng in zip(images, rngs)])
     batch = np.stack(images)
     for op in self.example_ops:
       batch = op.batch(batch, rngs)
     return _pixels(batch)
+
+  def _rng(self, seed: int, epoch: int, index: int,
+           copy: int) -> np.random.Generator | None:
+    """The example's generator; None when no op draws from one."""
+    if not self.random:
+      return None
+    return example_rng(seed, epoch, index, _EXAMPLE_STREAM, copy)
 
   def _run(self, image: Any, rng: np.random.Generator | None) -> np.ndarray:
     for op in self.example_ops:
