@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxtrain import checkpoint as checkpoint_lib
@@ -38,6 +39,14 @@ _LOGGED = ("loss", "accuracy", "top5_accuracy", "count", "skipped")
 
 
 MAX_IN_FLIGHT = 2  # dispatches the host may queue ahead (see Loop._bound_in_flight)
+
+
+@jax.jit
+def _progress(step: jax.Array, sums: dict[str, jax.Array]) -> jax.Array:
+  """(step, skip_run, max_skip_run, nonfinite_step) as one small int32 array."""
+  return jnp.stack([step.astype(jnp.int32)] + [
+      sums[k].astype(jnp.int32) for k in ("skip_run", "max_skip_run",
+                                          "nonfinite_step")])
 
 
 class TrainingHalted(RuntimeError):
@@ -103,8 +112,8 @@ class Loop:
       self._profile(step)
       n = self._block_length(step, end)
       state, sums = self._dispatch(state, sums, n)
-      self._bound_in_flight(state)
       step += n
+      self._bound_in_flight(state, sums)
       stopping = self.watcher.should_stop(step)
       values = {}
       if step % self.cfg.train.log_every == 0 or step == total:
@@ -117,7 +126,7 @@ class Loop:
         self.writer.write(step, values)
         t0, self.data_wait = time.perf_counter(), 0.0
       if self.ckpt.should_save(step) or step == end or stopping or early:
-        self._check_nonfinite(jax.device_get(sums))
+        self._check_nonfinite(jax.device_get(sums), step)
         if self.best is not None:
           self.best.wait()  # a checkpoint never refers to a best still being written
         self.ckpt.save(step, {"train": state, "metrics": sums}, self.host, self.cfg)
@@ -195,19 +204,26 @@ class Loop:
         n = min(n, mark - step)
     return n
 
-  def _bound_in_flight(self, state) -> None:
-    """Lets the host run at most `MAX_IN_FLIGHT` dispatches ahead of the devices.
+  def _bound_in_flight(self, state, sums) -> None:
+    """Lets the host run at most `MAX_IN_FLIGHT` dispatches ahead of the devices,
+    and halts within that many dispatches of a step `train.on_nonfinite` stops at.
 
     Dispatch is asynchronous and, with fast input, nothing else stops the host from
     queueing hundreds of steps between log points. On XLA:CPU with several devices
     each queued SPMD step holds device threads at its all-reduce rendezvous; a deep
     queue starves one device's thread and XLA aborts the process after 40 s (seen
-    with 8 simulated devices on 2 cores). A copy of the step counter (the state
-    itself is donated to the next dispatch) marks each dispatch's completion.
+    with 8 simulated devices on 2 cores). A few scalars copied from each dispatch's
+    output (the state and sums themselves are donated to the next dispatch) mark
+    its completion and say whether it ran into a non-finite step or too many
+    skipped ones, so the halt comes at that step, not at the next log point.
     """
-    self._in_flight.append(jax.numpy.copy(state.step))
+    self._in_flight.append(_progress(state.step, sums))
     if len(self._in_flight) > MAX_IN_FLIGHT:
-      self._in_flight.popleft().block_until_ready()
+      step, skip_run, max_skip_run, bad_step = (
+          int(v) for v in np.asarray(self._in_flight.popleft()))
+      if self._halt_reason(step, skip_run, max_skip_run, bad_step, []) is not None:
+        self._check_nonfinite(jax.device_get(sums), step, (skip_run, max_skip_run,
+                                                             bad_step))
 
   def _next_local(self):
     t = time.perf_counter()
@@ -247,7 +263,7 @@ class Loop:
     # and steps still queued at the log point belong to this window.
     fetched = jax.device_get(sums)
     elapsed = time.perf_counter() - t0
-    self._check_nonfinite(fetched)
+    self._check_nonfinite(fetched, step)
     window = {k: v for k, v in fetched.items() if k in _LOGGED}
     values = metrics_lib.averages(window, "train")
     rate = (step - last) / elapsed
@@ -260,21 +276,48 @@ class Loop:
     values["train/data_wait_fraction"] = min(self.data_wait / elapsed, 1.0)
     return values
 
-  def _check_nonfinite(self, fetched) -> None:
-    """Halts on a non-finite step (halt mode) or too many skips in a row (skip)."""
-    bad_step = int(fetched["nonfinite_step"])
-    if bad_step == int(step_lib.NO_STEP):
-      return
+  def _check_nonfinite(self, fetched, step: int, progress=None) -> None:
+    """Halts on a non-finite step (halt mode) or too many skips in a row (skip).
+
+    `fetched` are the metric sums after `step` (for the parameter names);
+    `progress` the (skip_run, max_skip_run, nonfinite_step) of an earlier
+    dispatch ending at `step`, when the halt was found there.
+    """
+    if progress is None:
+      progress = (int(fetched["skip_run"]), int(fetched["max_skip_run"]),
+                  int(fetched["nonfinite_step"]))
     leaves = [n for n, bad in zip(self.leaf_names, fetched["nonfinite_leaves"]) if bad]
+    reason = self._halt_reason(step, *progress, leaves)
+    if reason is not None:
+      raise TrainingHalted(reason)
+
+  def _halt_reason(self, step: int, skip_run: int, max_skip_run: int,
+                   bad_step: int, leaves: list[str]) -> str | None:
+    """Why the run must stop, given the skip counters after `step`; None: go on.
+
+    `skip_run` is the run of skipped steps ending at `step`, `max_skip_run` the
+    longest since the last log step, `bad_step` the first non-finite step's index
+    since then (`step_lib.NO_STEP`: none).
+    """
+    if bad_step == int(step_lib.NO_STEP):
+      return None
     where = (f"non-finite gradients in {', '.join(leaves[:8])}" if leaves
              else "a non-finite loss")
     if self.cfg.train.on_nonfinite == "halt":
-      raise TrainingHalted(
-          f"step {bad_step + 1} had {where}; its update was dropped and no "
-          "checkpoint holds it. Lower optimizer.learning_rate or add "
-          "optimizer.grad_clip_norm, or set train.on_nonfinite=skip")
-    if fetched["max_skip_run"] >= self.cfg.train.max_consecutive_skips:
-      raise TrainingHalted(
-          f"{int(fetched['max_skip_run'])} steps in a row up to step {bad_step + 1} "
-          f"were skipped ({where}); train.max_consecutive_skips="
-          f"{self.cfg.train.max_consecutive_skips}")
+      return (f"step {bad_step + 1} had {where}; its update was dropped and no "
+              "checkpoint holds it. Lower optimizer.learning_rate or add "
+              "optimizer.grad_clip_norm, or set train.on_nonfinite=skip")
+    limit = self.cfg.train.max_consecutive_skips
+    if skip_run >= limit:  # the run goes on at `step`: it reached the limit here
+      first = step - skip_run + 1
+      last = first + limit - 1
+      span = f"steps {first} to {last}"
+    elif max_skip_run >= limit:  # it ended inside one dispatch of k > limit steps
+      span = f"{max_skip_run} steps in a row between steps {bad_step + 1} and {step}"
+      last = step
+    else:
+      return None
+    return (f"{span} were skipped ({where}; train.max_consecutive_skips={limit}). "
+            f"Halted at step {last}; no checkpoint holds it or a later step. Lower "
+            "optimizer.learning_rate or add optimizer.grad_clip_norm, or check the "
+            "data those steps read")

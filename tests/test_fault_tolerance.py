@@ -248,8 +248,14 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(small_disk, tmp_p
 
 def _with_nan_example(monkeypatch, index):
   """Makes train example `index` NaN (a corrupt record), wherever it is read."""
+  _with_nan_examples(monkeypatch, {index})
+
+
+def _with_nan_examples(monkeypatch, indices):
+  """Makes the train examples in `indices` NaN (corrupt records), wherever read."""
   from jaxtrain.data import sources  # pylint: disable=g-import-not-at-top
   original = sources.get_source
+  bad = np.asarray(sorted(indices))
 
   def get_source(data, split):
     source = original(data, split)
@@ -260,13 +266,27 @@ def _with_nan_example(monkeypatch, index):
     def load_batch(indices, **kwargs):
       batch = load(indices, **kwargs)
       batch["image"] = np.where(
-          (np.asarray(indices) == index)[:, None, None, None], np.nan, batch["image"])
+          np.isin(np.asarray(indices), bad)[:, None, None, None], np.nan,
+          batch["image"])
       return batch
 
     monkeypatch.setattr(source, "load_batch", load_batch)
     return source
 
   monkeypatch.setattr(sources, "get_source", get_source)
+
+
+def _examples_read(config, first, last):
+  """The train example indices read by steps `first`..`last` (1-based)."""
+  from jaxtrain.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  it = pipeline.train_iterator(sources.get_source(config.data, "train"),
+                               config.train.batch_size, config.seed)
+  read = set()
+  for step in range(1, last + 1):
+    batch = next(it)
+    if step >= first:
+      read.update(int(i) for i in batch["index"])
+  return read
 
 
 def _step_reading(index, config):
@@ -310,3 +330,28 @@ def test_nan_batch_halts_naming_the_step(tmp_path, monkeypatch):
     runner.train(config, str(tmp_path))
   saved = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
   assert all(s < bad for s in saved)  # nothing after the bad step was saved
+
+
+@pytest.mark.parametrize("steps_per_dispatch", [1, 2])
+def test_too_many_skips_in_a_row_halt_at_the_step_reaching_the_limit(
+    tmp_path, monkeypatch, steps_per_dispatch):
+  # Every batch from step 7 on is non-finite; 3 skips in a row are the limit, so
+  # the run halts at step 9, long before the next log (20) or checkpoint (30).
+  config = _small_config(train__on_nonfinite="skip", train__max_consecutive_skips=3,
+                         train__log_every=20, checkpoint__every=0,
+                         train__steps_per_dispatch=steps_per_dispatch)
+  _with_nan_examples(monkeypatch, _examples_read(config, 7, 30))
+  with pytest.raises(runner.TrainingHalted,
+                     match=r"^steps 7 to 9 were skipped .*max_consecutive_skips=3"
+                     r".*Halted at step 9"):
+    runner.train(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints" / "30")
+  assert not os.path.exists(tmp_path / "metrics.jsonl") or not _log(tmp_path)
+
+
+def test_fewer_skips_in_a_row_than_the_limit_go_on(tmp_path, monkeypatch):
+  config = _small_config(train__on_nonfinite="skip", train__max_consecutive_skips=3)
+  _with_nan_examples(monkeypatch, _examples_read(config, 7, 8))
+  done = runner.train(config, str(tmp_path))
+  assert int(done.state.step) == 30
+  assert sum(row.get("train/skipped", 0) for row in _log(tmp_path)) == 2
