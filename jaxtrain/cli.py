@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -57,7 +56,8 @@ def add_workdir_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_multihost_flags(p: argparse.ArgumentParser) -> None:
-  g = p.add_argument_group("multi-host (omit on one machine; detected on Cloud TPU)")
+  g = p.add_argument_group("multi-host (omit on one machine; detected under srun, "
+                           "mpirun, indexed Kubernetes Jobs and on Cloud TPU)")
   g.add_argument("--coordinator_address", metavar="HOST:PORT",
                  help="address of process 0, for jax.distributed.initialize")
   g.add_argument("--num_processes", type=int, metavar="N",
@@ -177,36 +177,12 @@ def load_config(spec: str, overrides: Sequence[str]):
   return config_lib.validate(config)
 
 
-def _cluster_detected() -> bool:
-  """True on a multi-worker Cloud TPU slice or a multi-task SLURM/MPI job.
-
-  There `jax.distributed.initialize()` finds the coordinator and process ids by
-  itself; on one machine it has nothing to find and must not be called.
-  """
-  env = os.environ
-  if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
-    return True
-  return any(int(env.get(k, "1") or "1") > 1
-             for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
-
-
 def init_distributed(args: argparse.Namespace) -> None:
-  """Joins the other processes of a multi-host run (explicit flags or detected)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  explicit = args.num_processes is not None and args.num_processes > 1
-  if not explicit and not _cluster_detected():
-    return
-  # Only the CPU backend reads this; it lets CPU processes run collectives.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if explicit:
-    if not args.coordinator_address or args.process_id is None:
-      raise ConfigError("--coordinator_address", args.coordinator_address,
-                        "--num_processes > 1 also needs --coordinator_address=HOST:PORT "
-                        "and --process_id")
-    jax.distributed.initialize(args.coordinator_address, args.num_processes,
-                               args.process_id)
-  else:
-    jax.distributed.initialize()
+  """Joins the other processes of a multi-host run: explicit flags, or the
+  launcher's variables (SLURM, Open MPI, Kubernetes, Cloud TPU); see
+  `jaxtrain.parallel.cluster`."""
+  from jaxtrain.parallel import cluster  # pylint: disable=g-import-not-at-top
+  cluster.initialize(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,16 +36,19 @@ def multihost_flags(port: int, num_processes: int, process_id: int) -> list[str]
           f"--num_processes={num_processes}", f"--process_id={process_id}"]
 
 
-def run_together(commands: Sequence[Sequence[str]], env: dict[str, str],
+def run_together(commands: Sequence[Sequence[str]],
+                 env: dict[str, str] | Sequence[dict[str, str]],
                  timeout: float, cwds: Sequence[str | os.PathLike] | None = None
                  ) -> list[str]:
   """Starts every command at once (the processes of one distributed job), waits
   for all, kills any left `timeout` s after the start; returns their outputs
   (stdout and stderr) after asserting that each exited 0, showing the tail of
-  every process's output when one did not.
+  every process's output when one did not. `env` is every process's environment,
+  or a list with one per command (a launcher's per-process variables).
   """
   deadline = time.monotonic() + timeout
-  procs = [subprocess.Popen(list(cmd), env=env, cwd=cwds[i] if cwds else None,
+  envs = [env] * len(commands) if isinstance(env, dict) else list(env)
+  procs = [subprocess.Popen(list(cmd), env=envs[i], cwd=cwds[i] if cwds else None,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace")
            for i, cmd in enumerate(commands)]
