@@ -25,8 +25,10 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from jaxtrain.errors import ConfigError
 
@@ -52,9 +54,12 @@ class Checkpointer:
     base = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
     self.directory = f"{base}/checkpoints"
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     self._every = every
     self._in_flight: int | None = None  # an async save not yet known complete
+    self.set_aside: list[int] = []  # unreadable steps found by restore_latest
+    self._unmovable: set[int] = set()  # ... of them, those left in place
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers=_handlers())
 
@@ -64,6 +69,8 @@ class Checkpointer:
   def restore_latest(self, abstract_state: Any, data_iter: Any,
                      report: Callable[[str], None]) -> tuple[Any, int] | None:
     """Restores the newest readable step; None when there is none.
+
+    Steps that cannot be read are set aside (`set_aside` lists them).
 
     Raises:
       CheckpointMismatchError: the newest readable step holds a different model.
@@ -83,17 +90,35 @@ class Checkpointer:
 
   def _set_aside(self, step: int, error: Exception,
                  report: Callable[[str], None]) -> None:
-    """Moves an unreadable step out of Orbax's sight; keeps it for inspection."""
+    """Moves an unreadable step out of Orbax's sight; keeps it for inspection.
+
+    Where it cannot be moved (a read-only directory), it stays and is skipped.
+    """
     path = epath.Path(self.directory) / str(step)  # epath: local or gs://
     aside = path.with_name(f"{step}.corrupt")
     while aside.exists():
       aside = aside.with_name(aside.name + "_")
+    moved = None
     if jax.process_index() == 0 and path.exists():
-      path.rename(aside)
-    report(f"Checkpoint at step {step} is incomplete or corrupt "
-           f"({type(error).__name__}: {str(error)[:200]}); moved it to {aside} and "
-           "trying the one before")
-    self._manager.reload()
+      try:
+        path.rename(aside)
+      except OSError as e:
+        moved = e
+    if jax.process_count() > 1:  # every process learns the outcome (a barrier too)
+      failed = multihost_utils.broadcast_one_to_all(np.int32(moved is not None))
+      if failed and moved is None:
+        moved = OSError("process 0 could not rename it")
+    self.set_aside.append(step)
+    why = f"({type(error).__name__}: {str(error)[:200]})"
+    if moved is None:
+      report(f"Checkpoint at step {step} is incomplete or corrupt {why}; moved it "
+             f"to {aside} and trying the one before")
+      self._manager.reload()
+    else:
+      self._unmovable.add(step)
+      report(f"Checkpoint at step {step} is incomplete or corrupt {why}; it cannot "
+             f"be moved aside ({type(moved).__name__}: {moved.strerror or moved}), "
+             "so it stays where it is, unused; trying the one before")
 
   def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
     """Restores `step` onto the shardings in `abstract_state`; repositions the data.
@@ -116,6 +141,12 @@ class Checkpointer:
     Raises:
       CheckpointWriteError: this save, or the previous asynchronous one, failed.
     """
+    if step in self._unmovable:
+      raise CheckpointWriteError(
+          f"could not write the checkpoint of step {step} in {self.directory}: the "
+          f"unreadable checkpoint of step {step} is still there (it could not be "
+          "moved aside). Move it away or fix the storage, then re-run the same "
+          "command to resume.")
     if self._manager.latest_step() == step:
       return
     with self._reporting_failures(step):
@@ -145,7 +176,8 @@ class Checkpointer:
       yield
     except Exception as e:  # pylint: disable=broad-except
       self._manager.reload()
-      intact = self._manager.latest_step()
+      steps = [s for s in self._manager.all_steps() if s not in self._unmovable]
+      intact = max(steps, default=None)
       kept = (f"the checkpoint at step {intact} is intact" if intact is not None
               else "no complete checkpoint exists yet")
       # Orbax reports an async save's failure at the next call: blame that save.

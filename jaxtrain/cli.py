@@ -71,8 +71,16 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
   add_multihost_flags(p)
 
 
+def capture_diagnostics(args: argparse.Namespace) -> None:
+  """Library tracebacks go to the workdir's log file, not the console."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxtrain import diagnostics  # pylint: disable=g-import-not-at-top
+  diagnostics.capture(args.workdir, jax.process_index())
+
+
 def _train(args: argparse.Namespace, config: Any) -> int:
   init_distributed(args)
+  capture_diagnostics(args)
   from jaxtrain import runner  # pylint: disable=g-import-not-at-top
   runner.train(config, args.workdir)
   return 0
@@ -96,6 +104,7 @@ def _commands() -> list[Command]:
 
   def sweep(args, config):
     init_distributed(args)
+    capture_diagnostics(args)
     from jaxtrain.study import sweep as m  # pylint: disable=g-import-not-at-top
     return m.main(args, config)
 
@@ -105,6 +114,7 @@ def _commands() -> list[Command]:
 
   def lr_find(args, config):
     init_distributed(args)
+    capture_diagnostics(args)
     from jaxtrain.study import lr_find as m  # pylint: disable=g-import-not-at-top
     return m.run(args, config)
 
@@ -204,10 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   except Exception as e:  # pylint: disable=broad-except
     from jaxtrain.checkpoint import CheckpointWriteError  # pylint: disable=g-import-not-at-top
     from jaxtrain.runner import TrainingHalted  # pylint: disable=g-import-not-at-top
+    from jaxtrain import diagnostics  # pylint: disable=g-import-not-at-top
     if not isinstance(e, (TrainingHalted, CheckpointWriteError)):
       raise
-    print(f"jaxtrain: training stopped: {e}", file=sys.stderr)
-    return 1
+    details = diagnostics.captured_to()
+    print(f"jaxtrain: training stopped: {e}"
+          + (f" (details: {details})" if details else ""), file=sys.stderr)
+    return diagnostics.exit_promptly(1)
 
 
 if __name__ == "__main__":

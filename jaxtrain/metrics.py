@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import sys
 import threading
@@ -165,11 +166,17 @@ class Writer:
 
   def close(self) -> None:
     """Closes the files; a storage error here is reported, not raised, so it never
-    hides the error that ended the run (e.g. a failed checkpoint on a full disk)."""
+    hides the error that ended the run (e.g. a failed checkpoint on a full disk).
+    While such an error propagates, it goes to the log file only: it is the same
+    fault, and the console keeps the one line about it."""
     if not self._active:
       return
+    failing = sys.exc_info()[1] is not None  # called from a `finally`
     for f in (self._jsonl, self._tb):
       try:
         f.close()
       except Exception as e:  # pylint: disable=broad-except  (OSError, GCS API errors)
-        sys.stderr.write(f"jaxtrain: warning: could not close a metrics file: {e}\n")
+        if failing:
+          logging.getLogger("jaxtrain").warning("could not close a metrics file: %s", e)
+        else:
+          sys.stderr.write(f"jaxtrain: warning: could not close a metrics file: {e}\n")

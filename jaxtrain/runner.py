@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from typing import Any
 
 import flax.linen as nn
@@ -335,20 +336,37 @@ def _restore(exp: Experiment, ckpt: checkpoint_lib.Checkpointer, state, sums,
   found = None if mode == "never" else ckpt.restore_latest(target, data_iter,
                                                            writer.message)
   if found is None:
+    unusable = (f"no usable checkpoint in {ckpt.directory} (steps "
+                f"{', '.join(map(str, ckpt.set_aside))} cannot be read)"
+                if ckpt.set_aside else None)
     if mode == "required":
-      raise ConfigError("checkpoint.restore", mode, f"no checkpoint in "
-                        f"{ckpt.directory}; use 'auto' to start fresh")
+      raise ConfigError("checkpoint.restore", mode,
+                        f"{unusable or 'no checkpoint in ' + ckpt.directory}; use "
+                        "'auto' to start fresh")
+    if unusable:
+      writer.message(f"{unusable[0].upper()}{unusable[1:]}; starting from scratch")
     return state, sums
   restored, step = found
   writer.message(f"Resumed from the checkpoint at step {step} in {ckpt.directory}")
   return restored["train"], restored["metrics"]
 
 
-def _truncate_log(workdir: str, step: int) -> None:
-  """Drops log lines after `step`: a resumed run writes them again."""
+def _truncate_log(workdir: str, step: int, keep_old: bool = False) -> str | None:
+  """Drops log lines after `step`: a resumed run writes them again.
+
+  With `keep_old` (a run starting from scratch because no checkpoint could be
+  read) the whole log is moved aside to `metrics.jsonl.<time>.old` instead, and
+  its new name returned.
+  """
   path = epath.Path(workdir) / "metrics.jsonl"
   if jax.process_index() != 0 or not path.exists():
-    return
+    return None
+  if keep_old and step == 0:
+    # Copied, then emptied: the metrics writer already holds the file open.
+    old = path.with_name(f"metrics.jsonl.{time.strftime('%Y%m%d-%H%M%S')}.old")
+    old.write_text(path.read_text())
+    path.write_text("")
+    return str(old)
   kept = []
   for line in path.read_text().splitlines(keepends=True):
     try:
@@ -357,6 +375,7 @@ def _truncate_log(workdir: str, step: int) -> None:
     except (ValueError, KeyError):  # a line cut short by a crash
       continue
   path.write_text("".join(kept))
+  return None
 
 
 def initial_state(exp: Experiment) -> tuple[TrainState, Any]:
@@ -417,7 +436,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     with sharding.activate(exp.mesh, rules):
       train_fn, eval_fn, init_sums = make_jitted_steps(exp, state, shardings)
       state, sums = _restore(exp, ckpt, state, init_sums(), host, writer)
-      _truncate_log(workdir, int(state.step))
+      old_log = _truncate_log(workdir, int(state.step), keep_old=bool(ckpt.set_aside))
+      if old_log:
+        writer.message(f"The previous metrics.jsonl is kept as {old_log}")
       fns = loop_lib.Functions(
           train_fn, make_jitted_block(exp, shardings), eval_fn,
           mesh_lib.batch_sharding(exp.mesh), block_sharding(exp.mesh), teacher)
