@@ -369,8 +369,9 @@ def model_rows(label: str, torch_model: str, model: dict, sizes: Sizes,
                   f"{step.flops_lowered or 0:.3g}; {hlo_census(step.hlo)}")
       else:
         info = next(p for p in peers if p.name == k).info
-        notes += (f"; FLOPs/step {info.get('flops_per_step') or 0:.3g} (eager count);"
-                  f" ready after {info.get('warmup_seconds', 0):.0f} s")
+        if flops.get(k):
+          notes += f"; FLOPs/step {flops[k]:.3g} (FlopCounterMode, eager)"
+        notes += f"; ready after {info.get('warmup_seconds', 0):.0f} s"
       report.add(row=label, variant=k, images_s=sizes.batch / t, TFLOP_s=tf,
                  MFU=_mfu(tf, peak, matmul),
                  memory=mem.get(k), vs_torch=ratio, notes=notes)
