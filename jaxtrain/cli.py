@@ -19,6 +19,8 @@ import sys
 from typing import Any, Callable, Sequence
 
 from jaxtrain.errors import ConfigError
+# Plain argparse: building the parser imports no JAX (`jaxtrain --help` stays fast).
+from jaxtrain.study import lr_find_flags as lr_find_flags_lib
 
 OVERRIDE_HELP = """\
 config overrides:
@@ -41,6 +43,7 @@ class Command:
   takes_config: bool = True  # --config=FILE plus --config.x=y overrides
   # (spec, overrides) -> validated config; None: `load_config` (an experiment).
   load: Callable[[str, Sequence[str]], Any] | None = None
+  description: str = ""  # `COMMAND --help` text; "": `help`
 
 
 def add_config_flag(p: argparse.ArgumentParser) -> None:
@@ -49,10 +52,10 @@ def add_config_flag(p: argparse.ArgumentParser) -> None:
                  "experiments/digits_cnn.py; ':ARG' is passed to get_config")
 
 
-def add_workdir_flag(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--workdir", required=True, metavar="DIR",
-                 help="where checkpoints, metrics.jsonl and TensorBoard files go; "
-                 "re-using it resumes the run")
+def add_workdir_flag(p: argparse.ArgumentParser,
+                     help: str = "where checkpoints, metrics.jsonl and TensorBoard "  # pylint: disable=redefined-builtin
+                     "files go; re-using it resumes the run") -> None:
+  p.add_argument("--workdir", required=True, metavar="DIR", help=help)
 
 
 def add_multihost_flags(p: argparse.ArgumentParser) -> None:
@@ -86,13 +89,39 @@ def _train(args: argparse.Namespace, config: Any) -> int:
   return 0
 
 
+def _sweep_flags(p: argparse.ArgumentParser) -> None:
+  add_workdir_flag(p, "where the study's results go: results.json and results.csv "
+                   "(one record per trial, with its learning curve), plots, report.md "
+                   "and, for a local DIR, a compilation cache; local or gs://. "
+                   "Re-using it skips the trials already in results.json")
+  add_multihost_flags(p)
+
+
 def _compile_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--topology", required=True, metavar="NAME",
                  help="TPU topology, e.g. v4:8x8x16, v5p:8x8x16, v3:16x32, "
-                 "v5e:16x16 (needs jaxtrain[tpu]), or cpu:N for local CPU devices")
+                 "v5e:16x16 (needs jaxtrain[tpu]), or cpu:N for N local CPU devices "
+                 "(jaxtrain sets the device count itself: no XLA_FLAGS needed)")
   p.add_argument("--memory_gib", type=float, metavar="GIB",
                  help="memory per device to fit in (default: the chip's HBM)")
   p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+
+
+def _cpu_device_count(topology: str) -> None:
+  """`--topology=cpu:N`: gives this process N CPU devices, before JAX starts them.
+
+  Same effect as XLA_FLAGS=--xla_force_host_platform_device_count=N, which it takes
+  precedence over. Once JAX has started its backends (a library caller) the count
+  cannot change; `aot` then reports a count that is too small.
+  """
+  count = topology[len("cpu:"):]
+  if not topology.startswith("cpu:") or not count.isdigit():
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    jax.config.update("jax_num_cpu_devices", int(count))
+  except RuntimeError:  # backends already started
+    pass
 
 
 def _commands() -> list[Command]:
@@ -119,8 +148,7 @@ def _commands() -> list[Command]:
     return m.run(args, config)
 
   def lr_find_flags(p):
-    from jaxtrain.study import lr_find as m  # pylint: disable=g-import-not-at-top
-    m.add_flags(p)
+    lr_find_flags_lib.add_flags(p)
     add_multihost_flags(p)
 
   def load_study(spec, overrides, require_study=True):
@@ -128,6 +156,7 @@ def _commands() -> list[Command]:
     return grid.load(spec, overrides, require_study)
 
   def compile_(args, config):
+    _cpu_device_count(args.topology)
     from jaxtrain import aot  # pylint: disable=g-import-not-at-top
     return aot.run(args, config)
 
@@ -142,7 +171,7 @@ def _commands() -> list[Command]:
               lambda p: None, optim_summary),
       Command("sweep", "run (or resume) a scaling study: trials over batch sizes, "
               "optimizers and learning rates, steps to target, plots",
-              _train_flags, sweep, load=load_study),
+              _sweep_flags, sweep, load=load_study),
       Command("report", "regenerate a sweep's plots and Markdown summary from DIR",
               lambda p: p.add_argument("dir", metavar="DIR",
                                        help="a sweep's --workdir"),
@@ -150,7 +179,8 @@ def _commands() -> list[Command]:
       Command("lr-find", "learning-rate range test: loss vs exponentially growing "
               "LR, plot and suggested LR",
               lr_find_flags, lr_find,
-              load=lambda spec, o: load_study(spec, o, require_study=False)),
+              load=lambda spec, o: load_study(spec, o, require_study=False),
+              description=lr_find_flags_lib.DESCRIPTION),
   ]
 
 
@@ -160,7 +190,8 @@ def _parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
       "scale-out.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   for c in commands:
-    p = sub.add_parser(c.name, help=c.help, description=c.help[:1].upper() + c.help[1:],
+    p = sub.add_parser(c.name, help=c.help,
+                       description=c.description or c.help[:1].upper() + c.help[1:],
                        epilog=OVERRIDE_HELP if c.takes_config else None,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     if c.takes_config:

@@ -38,16 +38,18 @@ def base_config() -> ml_collections.ConfigDict:
     A new ConfigDict: seed, model, loss, data, optimizer, train, mesh, sharding,
     precision, checkpoint and distill sections.
   """
-  from jaxtrain import optim  # pylint: disable=g-import-not-at-top
+  # Plain-data modules: loading a config imports no JAX (`jaxtrain --help` and
+  # config errors stay fast).
   from jaxtrain.data import sources  # pylint: disable=g-import-not-at-top
-  from jaxtrain.parallel import sharding  # pylint: disable=g-import-not-at-top
+  from jaxtrain.optim import defaults as optim_defaults  # pylint: disable=g-import-not-at-top
+  from jaxtrain.parallel import rules  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = ml_collections.ConfigDict({"name": "cnn"})
   # Loss options live beside loss.name (jaxtrain.losses: registry and batch contract).
   c.loss = ml_collections.ConfigDict({"name": "softmax_cross_entropy"})
   c.data = sources.default_config()
-  c.optimizer = optim.default_config()
+  c.optimizer = optim_defaults.default_config()
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128,          # global batch size, over all processes
       num_steps=1000,          # used when num_epochs == 0
@@ -76,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
       )),
   ))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  c.sharding = ml_collections.ConfigDict(dict(rules=sharding.DEFAULT_RULES))
+  c.sharding = ml_collections.ConfigDict(dict(rules=rules.DEFAULT_RULES))
   c.precision = ml_collections.ConfigDict(dict(compute_dtype="auto"))
   c.checkpoint = ml_collections.ConfigDict(dict(
       every=500,               # save every this many steps (and at the end); 0: end only
@@ -258,16 +260,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   Raises:
     ConfigError: for the first bad field, naming it, its value and the fix.
   """
+  # Checks of plain values first: a bad one is reported before JAX is imported. The
+  # model, loss and teacher checks read the models' and losses' signatures (JAX).
   base = base_config()
   _check_keys(config, base, "", skip={"model", "optimizer", "loss", "distill"})
-  _check_model(config)
   _check_train(config.train)
   _check_stages(config.train)
   _check_ema(config)
   _check_early_stopping(config.train)
-  _check_distill(config)
-  from jaxtrain import losses  # pylint: disable=g-import-not-at-top
-  losses.check_config(config)
   _check_choice("precision.compute_dtype", config.precision.compute_dtype, PRECISIONS)
   _check_choice("checkpoint.restore", config.checkpoint.restore, RESTORE_MODES)
   _check_int("checkpoint.every", config.checkpoint.every, minimum=0)
@@ -277,11 +277,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not isinstance(size, int) or (size < 1 and size != -1):
       raise ConfigError(f"mesh.{axis}", size, "a mesh axis size is a positive int, "
                         "or -1 to fill the remaining devices")
-  from jaxtrain import optim  # pylint: disable=g-import-not-at-top
   from jaxtrain.data import sources  # pylint: disable=g-import-not-at-top
-  _check_keys(config.optimizer, optim.default_config(), "optimizer.",
+  from jaxtrain.optim import defaults as optim_defaults  # pylint: disable=g-import-not-at-top
+  _check_keys(config.optimizer, optim_defaults.default_config(), "optimizer.",
               skip={"schedule", "kwargs"})
   sources.validate(config.data)
+  _check_model(config)
+  _check_distill(config)
+  from jaxtrain import losses  # pylint: disable=g-import-not-at-top
+  losses.check_config(config)
   return config
 
 

@@ -11,40 +11,53 @@ Every optimizer is an Optax `GradientTransformation` (it drops into `optax.chain
                         them (LR multipliers, L1/L2, parameter EMA)
   schedule_config       config.optimizer.schedule -> schedule
   build                 config.optimizer -> (tx, lr_schedule)
+  defaults              the config.optimizer section (plain data, no JAX)
 
-Usable without the rest of jaxtrain: it imports only `jaxtrain.errors`.
+Usable without the rest of jaxtrain: it imports only `jaxtrain.errors`. Names are
+loaded on first use, like `jaxtrain`'s own: `optim.default_config()` needs neither
+JAX nor Optax, so a config can be loaded and checked before they are imported.
 """
-from jaxtrain.optim.build import build
-from jaxtrain.optim.build import default_config
-from jaxtrain.optim.build import mask_summary
-from jaxtrain.optim.build import OPTIMIZERS
-from jaxtrain.optim.lars import exclude_ndim_le_1
-from jaxtrain.optim.lars import lars
-from jaxtrain.optim.lars import LarsState
-from jaxtrain.optim.lr_scaling import scale_lr
-from jaxtrain.optim.lr_schedules import inverse_time_decay_schedule
-from jaxtrain.optim.lr_schedules import linear_cosine_decay_schedule
-from jaxtrain.optim.lr_schedules import mlperf_polynomial_schedule
-from jaxtrain.optim.lr_schedules import noisy_linear_cosine_decay_schedule
-from jaxtrain.optim.lr_schedules import sgdr_warm_restarts_schedule
-from jaxtrain.optim.lr_schedules import warmup_polynomial_schedule
-from jaxtrain.optim.lr_schedules import with_linear_warmup
-from jaxtrain.optim.masks import add_l1_l2
-from jaxtrain.optim.masks import ema_params
-from jaxtrain.optim.masks import param_paths
-from jaxtrain.optim.masks import ParamsEmaState
-from jaxtrain.optim.masks import regex_mask
-from jaxtrain.optim.masks import scale_by_lr_multipliers
-from jaxtrain.optim.masks import track_params_ema
-from jaxtrain.optim.schedule_config import SCHEDULES
-from jaxtrain.optim.sign import addsign
-from jaxtrain.optim.sign import powersign
-from jaxtrain.optim.sign import scale_by_addsign
-from jaxtrain.optim.sign import scale_by_powersign
-from jaxtrain.optim.sign import ScaleBySignState
-from jaxtrain.optim.sign_decay import cosine_decay_fn
-from jaxtrain.optim.sign_decay import linear_decay_fn
-from jaxtrain.optim.sign_decay import restart_decay_fn
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+# name -> module of jaxtrain.optim defining it
+_EXPORTS = {
+    "build": "build",
+    "default_config": "defaults",
+    "mask_summary": "build",
+    "OPTIMIZERS": "build",
+    "exclude_ndim_le_1": "lars",
+    "lars": "lars",
+    "LarsState": "lars",
+    "scale_lr": "lr_scaling",
+    "inverse_time_decay_schedule": "lr_schedules",
+    "linear_cosine_decay_schedule": "lr_schedules",
+    "mlperf_polynomial_schedule": "lr_schedules",
+    "noisy_linear_cosine_decay_schedule": "lr_schedules",
+    "sgdr_warm_restarts_schedule": "lr_schedules",
+    "warmup_polynomial_schedule": "lr_schedules",
+    "with_linear_warmup": "lr_schedules",
+    "add_l1_l2": "masks",
+    "ema_params": "masks",
+    "param_paths": "masks",
+    "ParamsEmaState": "masks",
+    "regex_mask": "masks",
+    "scale_by_lr_multipliers": "masks",
+    "track_params_ema": "masks",
+    "SCHEDULES": "schedule_config",
+    "addsign": "sign",
+    "powersign": "sign",
+    "scale_by_addsign": "sign",
+    "scale_by_powersign": "sign",
+    "ScaleBySignState": "sign",
+    "cosine_decay_fn": "sign_decay",
+    "linear_decay_fn": "sign_decay",
+    "restart_decay_fn": "sign_decay",
+}
 
 __all__ = (
     "OPTIMIZERS", "SCHEDULES", "LarsState", "ParamsEmaState", "ScaleBySignState",
@@ -57,3 +70,65 @@ __all__ = (
     "scale_lr", "sgdr_warm_restarts_schedule", "track_params_ema",
     "warmup_polynomial_schedule", "with_linear_warmup",
 )
+
+if TYPE_CHECKING:
+  from jaxtrain.optim.build import build
+  from jaxtrain.optim.defaults import default_config
+  from jaxtrain.optim.build import mask_summary
+  from jaxtrain.optim.build import OPTIMIZERS
+  from jaxtrain.optim.lars import exclude_ndim_le_1
+  from jaxtrain.optim.lars import lars
+  from jaxtrain.optim.lars import LarsState
+  from jaxtrain.optim.lr_scaling import scale_lr
+  from jaxtrain.optim.lr_schedules import inverse_time_decay_schedule
+  from jaxtrain.optim.lr_schedules import linear_cosine_decay_schedule
+  from jaxtrain.optim.lr_schedules import mlperf_polynomial_schedule
+  from jaxtrain.optim.lr_schedules import noisy_linear_cosine_decay_schedule
+  from jaxtrain.optim.lr_schedules import sgdr_warm_restarts_schedule
+  from jaxtrain.optim.lr_schedules import warmup_polynomial_schedule
+  from jaxtrain.optim.lr_schedules import with_linear_warmup
+  from jaxtrain.optim.masks import add_l1_l2
+  from jaxtrain.optim.masks import ema_params
+  from jaxtrain.optim.masks import param_paths
+  from jaxtrain.optim.masks import ParamsEmaState
+  from jaxtrain.optim.masks import regex_mask
+  from jaxtrain.optim.masks import scale_by_lr_multipliers
+  from jaxtrain.optim.masks import track_params_ema
+  from jaxtrain.optim.schedule_config import SCHEDULES
+  from jaxtrain.optim.sign import addsign
+  from jaxtrain.optim.sign import powersign
+  from jaxtrain.optim.sign import scale_by_addsign
+  from jaxtrain.optim.sign import scale_by_powersign
+  from jaxtrain.optim.sign import ScaleBySignState
+  from jaxtrain.optim.sign_decay import cosine_decay_fn
+  from jaxtrain.optim.sign_decay import linear_decay_fn
+  from jaxtrain.optim.sign_decay import restart_decay_fn
+
+
+def __getattr__(name: str) -> Any:
+  if name in _EXPORTS:
+    value = getattr(importlib.import_module(f"jaxtrain.optim.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+  raise AttributeError(f"module 'jaxtrain.optim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+  """Keeps `optim.build` and `optim.lars` the functions once their modules load.
+
+  Loading a submodule binds it to its name in the package; two submodules share
+  their names with the public functions they define.
+  """
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    if (isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name
+        and value.__name__ == f"{__name__}.{name}"):
+      value = getattr(value, name)
+    super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

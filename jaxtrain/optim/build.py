@@ -27,67 +27,19 @@ import ml_collections
 import optax
 
 from jaxtrain.errors import ConfigError
-from jaxtrain.optim import lars as lars_lib
+from jaxtrain.optim.lars import lars as lars_tx
 from jaxtrain.optim import lr_scaling
 from jaxtrain.optim import masks
 from jaxtrain.optim import schedule_config
 from jaxtrain.optim import sign
 from jaxtrain.optim import sign_decay
+from jaxtrain.optim.defaults import default_config  # noqa: F401  (optim.default_config)
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
               "adamw", "lamb", "lars", "addsign", "powersign")
 SIGN_DECAYS = ("none", "linear", "cosine", "restart")
 MU_DTYPES = ("", "float32", "bfloat16")
 LR_SCALING = ("none", "linear", "sqrt")
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The `config.optimizer` section with every field the optimizers read.
-
-  Every default means "off" or is the usual value of that optimizer's
-  hyperparameter; the comments next to the fields say what each does.
-
-  Returns:
-    A ConfigDict, with the schedule section under `schedule`.
-  """
-  c = ml_collections.ConfigDict()
-  c.name = "momentum"          # one of OPTIMIZERS
-  c.learning_rate = 0.1        # peak LR (at base_batch_size when lr_scaling is on)
-  c.lr_scaling = "none"        # none|linear|sqrt: scale learning_rate by batch size
-  c.base_batch_size = 256      # batch size learning_rate was tuned for
-  c.momentum = 0.9             # momentum/nesterov/lars/rmsprop (0=off);
-                               # addsign/powersign: beta, the decay of m
-  c.nesterov = False           # Nesterov momentum for momentum and lars
-  c.b1 = 0.9                   # adam/adamw/lamb
-  c.b2 = 0.999                 # adam/adamw/lamb
-  c.eps = -1.0                 # <0: the optimizer's own default (adam 1e-8, lamb 1e-6,
-                               # rmsprop 1e-8, adagrad 1e-7, lars 0)
-  c.rmsprop_decay = 0.9        # rmsprop second-moment decay
-  c.centered = False           # rmsprop: centered variant
-  c.adagrad_initial_accumulator = 0.1
-  c.trust_coefficient = 0.001  # lars
-  c.alpha = 1.0                # addsign
-  c.base = math.e              # powersign
-  c.sign_decay = "none"        # addsign/powersign: none|linear|cosine|restart
-  c.sign_decay_steps = 0       # 0: total_steps
-  c.sign_decay_num_periods = -1.0  # <0: the decay's default (cosine 0.5, restart 1)
-  c.sign_decay_zero_after = -1.0   # <0: never zero
-  c.mu_dtype = ""              # first-moment dtype: "" (param dtype)|float32|bfloat16
-  c.weight_decay = 0.0         # decoupled (lars: inside the trust ratio); 0=off
-  c.weight_decay_mask = ""     # regex of decayed params; "": params with ndim > 1
-  c.l1 = 0.0                   # adds l1*sign(w) to the gradient (masked like wd)
-  c.l2 = 0.0                   # adds l2*w to the gradient (masked like wd)
-  c.grad_clip_norm = 0.0       # clip by global norm; 0=off
-  c.grad_clip_value = 0.0      # clip each element to [-v, v]; 0=off
-  c.grad_noise_eta = 0.0       # annealed Gaussian noise variance eta/(1+t)^gamma; 0=off
-  c.grad_noise_gamma = 0.55
-  c.grad_noise_seed = 0
-  c.accumulate_steps = 1       # average gradients over k micro-steps (optax.MultiSteps)
-  c.ema_decay = 0.0            # EMA of params, read with ema_params(opt_state); 0=off
-  c.lr_multipliers = ()        # ((regex, multiplier), ...); first match wins
-  c.freeze = ()                # (regex, ...): matching params are never updated
-  c.schedule = schedule_config.schedule_defaults()
-  return c
 
 
 def build(opt_config: ml_collections.ConfigDict, total_steps: int,
@@ -166,8 +118,8 @@ def _optimizer(c: ml_collections.ConfigDict, lr: optax.Schedule,
   mu_dtype = c.mu_dtype or None
   if c.name == "lars":
     exclude = lambda params: jax.tree.map(lambda m: not m, wd_mask(params))
-    return lars_lib.lars(lr, c.momentum, c.weight_decay, c.trust_coefficient,
-                         _eps(c, 0.0), c.nesterov, exclude, mu_dtype)
+    return lars_tx(lr, c.momentum, c.weight_decay, c.trust_coefficient,
+                   _eps(c, 0.0), c.nesterov, exclude, mu_dtype)
   if c.name == "lamb":
     return optax.lamb(lr, c.b1, c.b2, _eps(c, 1e-6),
                       weight_decay=c.weight_decay, mask=wd_mask)

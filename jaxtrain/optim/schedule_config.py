@@ -13,6 +13,7 @@ import optax
 
 from jaxtrain.errors import ConfigError
 from jaxtrain.optim import lr_schedules
+from jaxtrain.optim.defaults import schedule_defaults  # noqa: F401  (the section)
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "warmup_linear",
              "polynomial", "warmup_polynomial", "exponential", "step",
@@ -20,40 +21,6 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "warmup_linear",
              "one_cycle", "linear_one_cycle", "sgdr", "mlperf_polynomial")
 # These define their own warmup (or none); the others get `with_linear_warmup`.
 _OWN_WARMUP = ("one_cycle", "linear_one_cycle", "sgdr", "mlperf_polynomial")
-
-
-def schedule_defaults() -> ml_collections.ConfigDict:
-  """The `config.optimizer.schedule` section; see `schedule_from_config`.
-
-  Returns:
-    A ConfigDict with every field a schedule reads, at its default.
-  """
-  s = ml_collections.ConfigDict()
-  s.name = "warmup_cosine"    # one of SCHEDULES
-  s.warmup_steps = 0          # linear warmup from 0 to the peak LR
-  s.warmup_fraction = 0.0     # alternative: warmup = round(fraction * total_steps)
-  s.warmup_init_fraction = 0.0  # warmup starts at this fraction of the peak LR
-                                # (Goyal et al. 2017: 1/k of k x the base LR)
-  s.end_value = 0.0           # final LR: cosine/linear/polynomial/sgdr/mlperf; floor of
-                              # exponential/step when > 0
-  s.power = 1.0               # polynomial / mlperf_polynomial exponent
-  s.decay_rate = 0.1          # exponential/step/inverse_time rate
-  s.decay_steps = 0           # exponential/step/inverse_time period, linear_cosine
-                              # length, sgdr first cycle; 0: total - warmup steps
-  s.staircase = False         # exponential/inverse_time: decay in jumps
-  s.boundaries = ()           # piecewise: train steps at which ...
-  s.scales = ()               # ... the LR is multiplied by these factors
-  s.pct_start = 0.3           # one_cycle: fraction of steps spent increasing
-  s.div_factor = 25.0         # one_cycle: initial LR = peak / div_factor
-  s.final_div_factor = 1e4    # one_cycle: final LR = initial / final_div_factor
-  s.cycle_mult = 1.0          # sgdr: growth of the cycle length
-  s.num_periods = 0.5         # linear_cosine / noisy_linear_cosine
-  s.alpha = 0.0               # linear_cosine / noisy_linear_cosine
-  s.beta = 0.001              # linear_cosine / noisy_linear_cosine
-  s.initial_variance = 1.0    # noisy_linear_cosine
-  s.variance_decay = 0.55     # noisy_linear_cosine
-  s.seed = 0                  # noisy_linear_cosine noise key
-  return s
 
 
 def _schedule_error(field: str, value, fix: str, choices=None) -> ConfigError:

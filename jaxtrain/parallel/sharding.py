@@ -16,11 +16,10 @@ import jax
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-# Data parallel by default: examples over (data, fsdp), parameters replicated. FSDP
-# and tensor parallelism are rule changes, e.g. ("embed", "fsdp"), ("mlp", "model").
-DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-)
+# The rule presets are plain data (jaxtrain.parallel.rules, read by base_config before
+# JAX is imported), and are used from here: `sharding.RULES_FSDP`.
+from jaxtrain.parallel.rules import (  # noqa: F401
+    DEFAULT_RULES, RULES_DP, RULES_FSDP, RULES_FSDP_TP, RULES_TP)
 
 Rules = Sequence[tuple[str, Any]]
 
@@ -56,26 +55,3 @@ def activate(mesh: Mesh, rules: Rules) -> Iterator[None]:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
-
-
-# Named rule presets (`config.sharding.rules = sharding.RULES_FSDP_TP`). Rules apply in
-# order and a mesh axis is used at most once per array, so `batch` comes first: the
-# activations' `embed` then stays whole where the batch already takes `fsdp`.
-# Data parallel: examples over (data, fsdp), every parameter replicated.
-RULES_DP: tuple[tuple[str, Any], ...] = DEFAULT_RULES
-# ZeRO-3 / FSDP (Rajbhandari et al. 2019, arXiv 1910.02054): parameters and optimizer
-# state sharded over `fsdp` along their embedding / conv-output dimension, gathered
-# per layer for compute; each device keeps its shard of the summed gradients (the
-# partitioner's all-reduce + slice, a reduce-scatter where the backend fuses them).
-RULES_FSDP: tuple[tuple[str, Any], ...] = DEFAULT_RULES + (
-    ("embed", "fsdp"),
-    ("conv_out", "fsdp"),
-)
-# Megatron-LM tensor parallelism (Shoeybi et al. 2019, arXiv 1909.08053): attention
-# heads and MLP hidden units over `model` (column- then row-parallel kernels).
-RULES_TP: tuple[tuple[str, Any], ...] = DEFAULT_RULES + (
-    ("heads", "model"),
-    ("mlp", "model"),
-)
-# Both: a kernel ("embed", "mlp") is sharded P("fsdp", "model").
-RULES_FSDP_TP: tuple[tuple[str, Any], ...] = RULES_FSDP + RULES_TP[len(DEFAULT_RULES):]

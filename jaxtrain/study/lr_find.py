@@ -144,20 +144,6 @@ def run_range_test(config: ml_collections.ConfigDict, smoothing: float = 0.98,
   return RangeTest(lrs, losses, smoothed, diverged, *_suggestions(lrs, smoothed))
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--workdir", required=True, metavar="DIR",
-                 help="where lr_find.png and lr_find.csv go (local or gs://)")
-  p.add_argument("--min_lr", type=float, default=1e-5, help="first learning rate")
-  p.add_argument("--max_lr", type=float, default=10.0, help="last learning rate")
-  p.add_argument("--num_steps", type=int, default=100, help="steps from min to max")
-  p.add_argument("--smoothing", type=float, default=0.98,
-                 help="EMA coefficient of the smoothed loss")
-  p.add_argument("--divergence_factor", type=float, default=4.0,
-                 help="stop when the smoothed loss exceeds this times its minimum")
-  p.add_argument("--optimizer", default="", metavar="LABEL",
-                 help="a study config's optimizer label (or an optimizer name)")
-
-
 def write(result: RangeTest, workdir: str) -> str:
   """Writes lr_find.csv and lr_find.png into `workdir`; returns the PNG's path."""
   root = epath.Path(workdir)
