@@ -31,6 +31,7 @@ $OUT/gpu_check.json when OUT is set, after every row.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -172,7 +173,27 @@ def _flops(analysis: Any) -> float | None:
   return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
-def jax_step(model: dict, sizes: Sizes) -> JaxStep:
+@contextlib.contextmanager
+def weight_grads_in_compute_dtype():
+  """Traces the step with PyTorch-AMP weight gradients (a measurement variant).
+
+  jaxtrain computes weight gradients with float32 results so that replicas sum
+  them in float32 (`jaxtrain.precision`); autocast computes them in bfloat16 and
+  casts. Tracing with `precision._float32_weight_grad` swapped for the plain cast
+  gives autocast's formulation, so the check can say what the float32 results
+  cost on this GPU. Only the trace sees the swap; the compiled step keeps it.
+  """
+  from jaxtrain import precision  # pylint: disable=g-import-not-at-top
+  saved = precision._float32_weight_grad  # pylint: disable=protected-access
+  precision._float32_weight_grad = (  # pylint: disable=protected-access
+      lambda op: lambda x, w: op(x, w.astype(x.dtype)))
+  try:
+    yield
+  finally:
+    precision._float32_weight_grad = saved  # pylint: disable=protected-access
+
+
+def jax_step(model: dict, sizes: Sizes, amp_weight_grads: bool = False) -> JaxStep:
   """jaxtrain's train step for `model`, compiled, and a timer of n steps."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxtrain import runner  # pylint: disable=g-import-not-at-top
@@ -186,7 +207,9 @@ def jax_step(model: dict, sizes: Sizes) -> JaxStep:
                           "label": jax.random.randint(k2, shape[:1], 0, 1000)},
                          mesh_lib.batch_sharding(exp.mesh))
   t0 = time.perf_counter()
-  with sharding.activate(exp.mesh, c.sharding.rules):
+  variant = (weight_grads_in_compute_dtype() if amp_weight_grads
+             else contextlib.nullcontext())
+  with sharding.activate(exp.mesh, c.sharding.rules), variant:
     train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
     carry = [state, init_sums()]
     lowered = train_fn.lower(carry[0], carry[1], batch)
@@ -329,8 +352,12 @@ def _rounds(timers: dict[str, Callable[[int], float]], sizes: Sizes
   return out
 
 
+AMP_VARIANT = "jaxtrain, bf16 weight grads"
+
+
 def model_rows(label: str, torch_model: str, model: dict, sizes: Sizes,
-               env: dict, report: Report, deadline: float) -> None:
+               env: dict, report: Report, deadline: float,
+               amp_variant: bool = False) -> None:
   """Row 2 or 3: jaxtrain's step against the torch peers, same GPU, same run."""
   import jax  # pylint: disable=g-import-not-at-top
   t_start = time.monotonic()
@@ -339,34 +366,41 @@ def model_rows(label: str, torch_model: str, model: dict, sizes: Sizes,
     # The eager peer's warm-up would disturb XLA's autotuning: let it finish
     # first. torch.compile's compilation (CPU) overlaps JAX's.
     ready = _ready_peers(peers[:1], sizes, t_start, deadline, report, label)
-    step = jax_step(model, sizes)
+    steps = {"jaxtrain": jax_step(model, sizes)}
+    if amp_variant:
+      steps[AMP_VARIANT] = jax_step(model, sizes, amp_weight_grads=True)
     peers = ready + _ready_peers(peers[1:], sizes, t_start, deadline, report, label)
-    timers = {"jaxtrain": step.run, **{p.name: p.run for p in peers}}
+    timers = {**{k: s.run for k, s in steps.items()}, **{p.name: p.run for p in peers}}
     secs = _rounds(timers, sizes)
     peak = env.get("peak_tflops")
     matmul = env.get("matmul_tflops")
     stats = jax.devices()[0].memory_stats() or {}
-    flops = {"jaxtrain": step.flops, **{p.name: p.info.get("flops_per_step")
-                                        for p in peers}}
+    flops = {**{k: s.flops for k, s in steps.items()},
+             **{p.name: p.info.get("flops_per_step") for p in peers}}
     flops["torch.compile"] = flops.get("torch eager")  # same model, same FLOPs
-    mem = {"jaxtrain": f"step {_gib(step.step_bytes)}, device peak so far "
-                       f"{_gib(stats.get('peak_bytes_in_use'))}"}
+    mem = {k: f"step {_gib(s.step_bytes)}, device peak so far "
+              f"{_gib(stats.get('peak_bytes_in_use'))}" for k, s in steps.items()}
     for p in peers:
       mem[p.name] = f"max allocated {_gib(p.peak_bytes())}"
     for k, s in secs.items():
       t = statistics.median(s)
       tf = flops[k] / t / 1e12 if flops.get(k) else None
       ratio = ""
-      if k == "jaxtrain" and peers:
+      if k in steps and peers:
         ratio = "; ".join(
             f"{statistics.median(a / b for a, b in zip(secs[p.name], s)):.2f}x "
             f"{p.name}" for p in peers)
       notes = (f"batch {sizes.batch}, {sizes.image}px, step {1e3 * t:.1f} ms, "
                f"median of {sizes.rounds} rounds x {sizes.steps_per_round} steps")
-      if k == "jaxtrain":
-        notes += (f"; compute {step.compute_dtype}; compile {step.compile_s:.0f} s; "
-                  f"FLOPs/step compiled {step.flops or 0:.3g}, lowered "
-                  f"{step.flops_lowered or 0:.3g}; {hlo_census(step.hlo)}")
+      if k in steps:
+        js = steps[k]
+        if k != "jaxtrain":
+          notes += ("; AMP formulation (weight grads bf16, then cast), "
+                    f"{statistics.median(a / b for a, b in zip(secs['jaxtrain'], s)):.2f}x "
+                    "the default step")
+        notes += (f"; compute {js.compute_dtype}; compile {js.compile_s:.0f} s; "
+                  f"FLOPs/step compiled {js.flops or 0:.3g}, lowered "
+                  f"{js.flops_lowered or 0:.3g}; {hlo_census(js.hlo)}")
       else:
         info = next(p for p in peers if p.name == k).info
         if flops.get(k):
@@ -430,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="seconds for the whole check; late rows are skipped [450]")
   parser.add_argument("--rows", default="digits,resnet50,vit",
                       help="comma-separated subset of digits, resnet50, vit")
+  parser.add_argument("--no-amp-variant", dest="amp_variant", action="store_false",
+                      help="skip timing ResNet-50 with bf16 weight gradients too")
   args = parser.parse_args(argv)
   deadline = time.monotonic() + args.budget
   sizes = TOY if args.dry_run else FULL
@@ -443,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
       ("digits", "digits CNN (jaxtrain train)", lambda: digits_row(sizes, report)),
       ("resnet50", "ResNet-50 train step", lambda: model_rows(
           "ResNet-50 train step", "resnet50", sizes.resnet, sizes, env, report,
-          deadline)),
+          deadline, amp_variant=args.amp_variant)),
       ("vit", "ViT-B/16 train step", lambda: model_rows(
           "ViT-B/16 train step", "vit_b16", sizes.vit, sizes, env, report,
           deadline)),
