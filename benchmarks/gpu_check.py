@@ -193,7 +193,68 @@ def weight_grads_in_compute_dtype():
     precision._float32_weight_grad = saved  # pylint: disable=protected-access
 
 
-def jax_step(model: dict, sizes: Sizes, amp_weight_grads: bool = False) -> JaxStep:
+def _float32_result_weight_grad(op: Callable[..., Any]) -> Callable[..., Any]:
+  """`precision._float32_weight_grad` with the weight gradient's operands left bf16.
+
+  jaxtrain's formulation widens x and the cotangent to float32 before the weight
+  gradient's contraction; XLA:TPU folds the converts, XLA:GPU may not. This one
+  asks for the same result directly: the contraction JAX's own transpose rule
+  builds, with bfloat16 operands and `preferred_element_type=float32`. A candidate
+  measured here before it goes into `jaxtrain.precision`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src.interpreters import ad  # pylint: disable=g-import-not-at-top
+
+  @jax.custom_vjp
+  def apply(x, w):
+    return op(x, w.astype(x.dtype))
+
+  def fwd(x, w):
+    return apply(x, w), (x, w)
+
+  def bwd(res, g):
+    x, w = res
+    narrow = w.astype(x.dtype)
+    dx = jax.linear_transpose(lambda x_: op(x_, narrow), x)(g)[0]
+    jaxpr = jax.make_jaxpr(op)(x, narrow).jaxpr
+    eqn = jaxpr.eqns[0] if len(jaxpr.eqns) == 1 else None
+    if (eqn is None or eqn.primitive.name not in ("dot_general", "conv_general_dilated")
+        or list(eqn.invars) != list(jaxpr.invars)):
+      FALLBACKS.append(str(eqn.primitive) if eqn else f"{len(jaxpr.eqns)} eqns")
+      wide = x.astype(w.dtype)
+      dw = jax.linear_transpose(lambda w_: op(wide, w_), w)(g.astype(w.dtype))[0]
+      return dx, dw
+    rule = ad.get_primitive_transpose(eqn.primitive)
+    params = dict(eqn.params, preferred_element_type=w.dtype)
+    dw = rule(g, x, ad.UndefinedPrimal(jax.typeof(w)), **params)[1]
+    return dx, dw.astype(w.dtype)
+
+  apply.defvjp(fwd, bwd)
+  return apply
+
+
+FALLBACKS: list[str] = []
+
+
+@contextlib.contextmanager
+def weight_grads_with_float32_results():
+  """Traces the step with `_float32_result_weight_grad` (a measurement variant)."""
+  from jaxtrain import precision  # pylint: disable=g-import-not-at-top
+  saved = precision._float32_weight_grad  # pylint: disable=protected-access
+  precision._float32_weight_grad = _float32_result_weight_grad  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    precision._float32_weight_grad = saved  # pylint: disable=protected-access
+
+
+VARIANTS = {"amp": ("jaxtrain, bf16 weight grads",
+                    "AMP formulation (weight grads bf16, then cast)"),
+            "f32out": ("jaxtrain, bf16-operand f32 weight grads",
+                       "weight grads: bf16 operands, float32 result")}
+
+
+def jax_step(model: dict, sizes: Sizes, variant: str = "") -> JaxStep:
   """jaxtrain's train step for `model`, compiled, and a timer of n steps."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxtrain import runner  # pylint: disable=g-import-not-at-top
@@ -207,9 +268,10 @@ def jax_step(model: dict, sizes: Sizes, amp_weight_grads: bool = False) -> JaxSt
                           "label": jax.random.randint(k2, shape[:1], 0, 1000)},
                          mesh_lib.batch_sharding(exp.mesh))
   t0 = time.perf_counter()
-  variant = (weight_grads_in_compute_dtype() if amp_weight_grads
-             else contextlib.nullcontext())
-  with sharding.activate(exp.mesh, c.sharding.rules), variant:
+  patch = {"amp": weight_grads_in_compute_dtype,
+           "f32out": weight_grads_with_float32_results}.get(variant,
+                                                             contextlib.nullcontext)
+  with sharding.activate(exp.mesh, c.sharding.rules), patch():
     train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
     carry = [state, init_sums()]
     lowered = train_fn.lower(carry[0], carry[1], batch)
@@ -352,12 +414,9 @@ def _rounds(timers: dict[str, Callable[[int], float]], sizes: Sizes
   return out
 
 
-AMP_VARIANT = "jaxtrain, bf16 weight grads"
-
-
 def model_rows(label: str, torch_model: str, model: dict, sizes: Sizes,
                env: dict, report: Report, deadline: float,
-               amp_variant: bool = False) -> None:
+               variants: tuple[str, ...] = ()) -> None:
   """Row 2 or 3: jaxtrain's step against the torch peers, same GPU, same run."""
   import jax  # pylint: disable=g-import-not-at-top
   t_start = time.monotonic()
@@ -367,8 +426,8 @@ def model_rows(label: str, torch_model: str, model: dict, sizes: Sizes,
     # first. torch.compile's compilation (CPU) overlaps JAX's.
     ready = _ready_peers(peers[:1], sizes, t_start, deadline, report, label)
     steps = {"jaxtrain": jax_step(model, sizes)}
-    if amp_variant:
-      steps[AMP_VARIANT] = jax_step(model, sizes, amp_weight_grads=True)
+    for v in variants:
+      steps[VARIANTS[v][0]] = jax_step(model, sizes, v)
     peers = ready + _ready_peers(peers[1:], sizes, t_start, deadline, report, label)
     timers = {**{k: s.run for k, s in steps.items()}, **{p.name: p.run for p in peers}}
     secs = _rounds(timers, sizes)
@@ -395,12 +454,15 @@ def model_rows(label: str, torch_model: str, model: dict, sizes: Sizes,
       if k in steps:
         js = steps[k]
         if k != "jaxtrain":
-          notes += ("; AMP formulation (weight grads bf16, then cast), "
+          what = next(d for n, d in VARIANTS.values() if n == k)
+          notes += (f"; {what}, "
                     f"{statistics.median(a / b for a, b in zip(secs['jaxtrain'], s)):.2f}x "
                     "the default step")
         notes += (f"; compute {js.compute_dtype}; compile {js.compile_s:.0f} s; "
                   f"FLOPs/step compiled {js.flops or 0:.3g}, lowered "
                   f"{js.flops_lowered or 0:.3g}; {hlo_census(js.hlo)}")
+        if k == VARIANTS["f32out"][0]:
+          notes += f"; formulation fallbacks {sorted(set(FALLBACKS)) or 'none'}"
       else:
         info = next(p for p in peers if p.name == k).info
         if flops.get(k):
@@ -464,9 +526,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="seconds for the whole check; late rows are skipped [450]")
   parser.add_argument("--rows", default="digits,resnet50,vit",
                       help="comma-separated subset of digits, resnet50, vit")
-  parser.add_argument("--no-amp-variant", dest="amp_variant", action="store_false",
-                      help="skip timing ResNet-50 with bf16 weight gradients too")
+  parser.add_argument("--variants", default="amp",
+                      help="weight-gradient formulations timed beside jaxtrain's "
+                      "(comma-separated: amp, f32out; '' for none) [amp]")
   args = parser.parse_args(argv)
+  variants = tuple(v for v in args.variants.split(",") if v)
   deadline = time.monotonic() + args.budget
   sizes = TOY if args.dry_run else FULL
   rows = args.rows.split(",")
@@ -479,10 +543,10 @@ def main(argv: list[str] | None = None) -> int:
       ("digits", "digits CNN (jaxtrain train)", lambda: digits_row(sizes, report)),
       ("resnet50", "ResNet-50 train step", lambda: model_rows(
           "ResNet-50 train step", "resnet50", sizes.resnet, sizes, env, report,
-          deadline, amp_variant=args.amp_variant)),
+          deadline, variants=variants)),
       ("vit", "ViT-B/16 train step", lambda: model_rows(
           "ViT-B/16 train step", "vit_b16", sizes.vit, sizes, env, report,
-          deadline)),
+          deadline, variants=variants)),
   ]
   for key, label, run in sections:
     if key not in rows:
