@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from jaxtrain import checksums
 from jaxtrain.errors import ConfigError
 
 
@@ -41,9 +42,14 @@ class CheckpointWriteError(RuntimeError):
   """A save failed (disk full, permissions, storage outage); older steps intact."""
 
 
+class CheckpointCorruptError(RuntimeError):
+  """A step's contents do not match the checksums recorded when it was saved."""
+
+
 def _handlers() -> dict[str, Any]:
   return {"state": ocp.StandardCheckpointHandler(),
-          "data": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+          "data": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
+          "checksums": checksums.ChecksumHandler()}
 
 
 class Checkpointer:
@@ -83,7 +89,7 @@ class Checkpointer:
         continue
       _check_same_tree(step, saved, abstract_state)
       try:
-        return self.restore(step, abstract_state, data_iter), step
+        return self.restore(step, abstract_state, data_iter, report), step
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e, report)
     return None
@@ -120,14 +126,40 @@ class Checkpointer:
              f"be moved aside ({type(moved).__name__}: {moved.strerror or moved}), "
              "so it stays where it is, unused; trying the one before")
 
-  def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
+  def restore(self, step: int, abstract_state: Any, data_iter: Any,
+              report: Callable[[str], None] | None = None) -> Any:
     """Restores `step` onto the shardings in `abstract_state`; repositions the data.
 
     `abstract_state` is any pytree (here {"train": TrainState, "metrics": sums}).
+    What was read is checked against the checksums recorded at the save
+    (`jaxtrain.checksums`); `report` hears of a step saved without them.
+
+    Raises:
+      CheckpointCorruptError: the contents differ from what was saved.
     """
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=ocp.args.JsonRestore()))
+    verified = (epath.Path(self.directory) / str(step) / "checksums").exists()
+    items = {"state": ocp.args.StandardRestore(abstract_state),
+             "data": ocp.args.JsonRestore()}
+    if verified:
+      items["checksums"] = checksums.ChecksumRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if verified:
+      verdict = checksums.verify(restored["state"], restored["data"],
+                                 restored["checksums"])
+      if not verdict.ok:
+        shown = ", ".join(verdict.mismatched[:3])
+        more = len(verdict.mismatched) - 3
+        raise CheckpointCorruptError(
+            f"contents differ from the checksums recorded at the save: {shown}"
+            + (f" and {more} more" if more > 0 else ""))
+      if verdict.unchecked and report is not None:
+        report(f"Checkpoint at step {step}: {len(verdict.unchecked)} of "
+               f"{len(verdict.unchecked) + verdict.checked} checksummed pieces span "
+               "processes in this layout and were not checked (e.g. "
+               f"{verdict.unchecked[0]})")
+    elif report is not None:
+      report(f"Checkpoint at step {step} has no checksums (saved by an older "
+             "jaxtrain); its contents are not verified")
     data_iter.set_state(restored["data"]["iterator"])
     return restored["state"]
 
@@ -149,11 +181,13 @@ class Checkpointer:
           "command to resume.")
     if self._manager.latest_step() == step:
       return
+    data = {"iterator": data_iter.get_state()}
+    record = checksums.record(state, data)  # waits for `state` to be computed
     with self._reporting_failures(step):
       self._manager.save(step, force=True, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=ocp.args.JsonSave({"iterator": data_iter.get_state()}),
-          config=ocp.args.JsonSave(config.to_dict())))
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
+          config=ocp.args.JsonSave(config.to_dict()),
+          checksums=checksums.ChecksumSave(record)))
     self._in_flight = step
 
   def wait(self) -> None:
