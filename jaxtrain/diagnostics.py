@@ -31,6 +31,7 @@ import time
 LIBRARY_LOGGERS = ("absl",)
 
 _LOG_PATH: str | None = None
+_HANDLER: logging.Handler | None = None
 _logger = logging.getLogger("jaxtrain.diagnostics")
 
 
@@ -59,7 +60,7 @@ def capture(workdir: str, process_index: int = 0) -> str:
   Returns:
     The log file's path.
   """
-  global _LOG_PATH
+  global _LOG_PATH, _HANDLER
   _LOG_PATH = log_path(workdir, process_index)
   handler = _QuietFileHandler(_LOG_PATH, delay=True)
   handler.setLevel(logging.WARNING)
@@ -67,10 +68,15 @@ def capture(workdir: str, process_index: int = 0) -> str:
       "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
   for name in (*LIBRARY_LOGGERS, "jaxtrain"):
     lib = logging.getLogger(name)
+    if _HANDLER is not None:  # a second run in this process: its own file
+      lib.removeHandler(_HANDLER)
     lib.addHandler(handler)
     if lib.level == logging.NOTSET or lib.level > logging.WARNING:
       lib.setLevel(logging.WARNING)
     lib.propagate = False
+  if _HANDLER is not None:
+    _HANDLER.close()
+  _HANDLER = handler
   threading.excepthook = _log_thread_exception
   sys.unraisablehook = _log_unraisable
   return _LOG_PATH

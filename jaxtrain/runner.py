@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
 from jaxtrain import early_stopping
+from jaxtrain import lease as lease_lib
 from jaxtrain import ema as ema_lib
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import losses, models, optim, precision, step as step_lib
@@ -416,6 +417,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   """
   exp = build(config, devices)
   check_workdir(workdir)
+  with lease_lib.held(workdir):  # one run per workdir; exits 2 naming the holder
+    return _train_held(exp, workdir, stop_at)
+
+
+def _train_held(exp: Experiment, workdir: str, stop_at: int | None) -> TrainResult:
+  """`train`, once the workdir is checked and this run holds its lease."""
+  config = exp.config
   rules = config.sharding.rules
   state, shardings = initial_state(exp)
   teacher = () if exp.teacher is None else (teacher_lib.restore(exp.teacher).variables,)

@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxtrain import runner, step as step_lib
+from jaxtrain import lease, runner, step as step_lib
 from jaxtrain import teacher as teacher_lib
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
@@ -161,6 +161,11 @@ def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> int:
   runner.check_workdir(args.workdir)
   test_config = range_config(config, args.min_lr, args.max_lr, args.num_steps,
                              args.optimizer)
+  with lease.held(args.workdir):  # one run per workdir; exits 2 naming the holder
+    return _run_held(args, test_config)
+
+
+def _run_held(args: argparse.Namespace, test_config: ml_collections.ConfigDict) -> int:
   result = run_range_test(test_config, args.smoothing, args.divergence_factor)
   if not result.learning_rates:
     print("jaxtrain: the first step already diverged; lower --min_lr")

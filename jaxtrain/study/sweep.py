@@ -255,9 +255,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
 
 def main(args, config: ml_collections.ConfigDict) -> int:
   """`jaxtrain sweep`: runs the study, then writes the plots and report.md."""
-  from jaxtrain import preemption  # pylint: disable=g-import-not-at-top
+  from jaxtrain import lease, preemption  # pylint: disable=g-import-not-at-top
   from jaxtrain.study import report  # pylint: disable=g-import-not-at-top
-  records = run(config, args.workdir, watcher=preemption.installed())
+  runner.check_workdir(args.workdir)
+  with lease.held(args.workdir):  # one run per workdir; exits 2 naming the holder
+    records = run(config, args.workdir, watcher=preemption.installed())
   # Only process 0 wrote results.json: on a pod with a local --workdir the other
   # workers have none to report from.
   if records and jax.process_index() == 0:
