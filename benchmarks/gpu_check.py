@@ -31,7 +31,6 @@ $OUT/gpu_check.json when OUT is set, after every row.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -173,93 +172,22 @@ def _flops(analysis: Any) -> float | None:
   return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
-@contextlib.contextmanager
-def weight_grads_in_compute_dtype():
-  """Traces the step with PyTorch-AMP weight gradients (a measurement variant).
-
-  jaxtrain computes weight gradients with float32 results so that replicas sum
-  them in float32 (`jaxtrain.precision`); autocast computes them in bfloat16 and
-  casts. Tracing with `precision._float32_weight_grad` swapped for the plain cast
-  gives autocast's formulation, so the check can say what the float32 results
-  cost on this GPU. Only the trace sees the swap; the compiled step keeps it.
-  """
-  from jaxtrain import precision  # pylint: disable=g-import-not-at-top
-  saved = precision._float32_weight_grad  # pylint: disable=protected-access
-  precision._float32_weight_grad = (  # pylint: disable=protected-access
-      lambda op: lambda x, w: op(x, w.astype(x.dtype)))
-  try:
-    yield
-  finally:
-    precision._float32_weight_grad = saved  # pylint: disable=protected-access
-
-
-def _float32_result_weight_grad(op: Callable[..., Any]) -> Callable[..., Any]:
-  """`precision._float32_weight_grad` with the weight gradient's operands left bf16.
-
-  jaxtrain's formulation widens x and the cotangent to float32 before the weight
-  gradient's contraction; XLA:TPU folds the converts, XLA:GPU may not. This one
-  asks for the same result directly: the contraction JAX's own transpose rule
-  builds, with bfloat16 operands and `preferred_element_type=float32`. A candidate
-  measured here before it goes into `jaxtrain.precision`.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax._src.interpreters import ad  # pylint: disable=g-import-not-at-top
-
-  @jax.custom_vjp
-  def apply(x, w):
-    return op(x, w.astype(x.dtype))
-
-  def fwd(x, w):
-    return apply(x, w), (x, w)
-
-  def bwd(res, g):
-    x, w = res
-    narrow = w.astype(x.dtype)
-    dx = jax.linear_transpose(lambda x_: op(x_, narrow), x)(g)[0]
-    jaxpr = jax.make_jaxpr(op)(x, narrow).jaxpr
-    eqn = jaxpr.eqns[0] if len(jaxpr.eqns) == 1 else None
-    if (eqn is None or eqn.primitive.name not in ("dot_general", "conv_general_dilated")
-        or list(eqn.invars) != list(jaxpr.invars)):
-      FALLBACKS.append(str(eqn.primitive) if eqn else f"{len(jaxpr.eqns)} eqns")
-      wide = x.astype(w.dtype)
-      dw = jax.linear_transpose(lambda w_: op(wide, w_), w)(g.astype(w.dtype))[0]
-      return dx, dw
-    rule = ad.get_primitive_transpose(eqn.primitive)
-    params = dict(eqn.params, preferred_element_type=w.dtype)
-    dw = rule(g, x, ad.UndefinedPrimal(jax.typeof(w)), **params)[1]
-    return dx, dw.astype(w.dtype)
-
-  apply.defvjp(fwd, bwd)
-  return apply
-
-
-FALLBACKS: list[str] = []
-
-
-@contextlib.contextmanager
-def weight_grads_with_float32_results():
-  """Traces the step with `_float32_result_weight_grad` (a measurement variant)."""
-  from jaxtrain import precision  # pylint: disable=g-import-not-at-top
-  saved = precision._float32_weight_grad  # pylint: disable=protected-access
-  precision._float32_weight_grad = _float32_result_weight_grad  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    precision._float32_weight_grad = saved  # pylint: disable=protected-access
-
-
-VARIANTS = {"amp": ("jaxtrain, bf16 weight grads",
-                    "AMP formulation (weight grads bf16, then cast)"),
-            "f32out": ("jaxtrain, bf16-operand f32 weight grads",
-                       "weight grads: bf16 operands, float32 result")}
+VARIANTS = {"amp": ("jaxtrain, weight_grad_dtype=compute",
+                    "precision.weight_grad_dtype=compute (autocast's bf16 weight "
+                    "grads, then cast)")}
 
 
 def jax_step(model: dict, sizes: Sizes, variant: str = "") -> JaxStep:
-  """jaxtrain's train step for `model`, compiled, and a timer of n steps."""
+  """jaxtrain's train step for `model`, compiled, and a timer of n steps.
+
+  `variant` "amp" sets `precision.weight_grad_dtype=compute`.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from jaxtrain import runner  # pylint: disable=g-import-not-at-top
   from jaxtrain.parallel import mesh as mesh_lib, sharding  # pylint: disable=g-import-not-at-top
   c = _config(model, sizes)
+  if variant == "amp":
+    c.precision.weight_grad_dtype = "compute"
   exp = runner.build(c)
   state, shardings = runner.initial_state(exp)
   k1, k2 = jax.random.split(jax.random.key(0))
@@ -268,10 +196,7 @@ def jax_step(model: dict, sizes: Sizes, variant: str = "") -> JaxStep:
                           "label": jax.random.randint(k2, shape[:1], 0, 1000)},
                          mesh_lib.batch_sharding(exp.mesh))
   t0 = time.perf_counter()
-  patch = {"amp": weight_grads_in_compute_dtype,
-           "f32out": weight_grads_with_float32_results}.get(variant,
-                                                             contextlib.nullcontext)
-  with sharding.activate(exp.mesh, c.sharding.rules), patch():
+  with sharding.activate(exp.mesh, c.sharding.rules):
     train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
     carry = [state, init_sums()]
     lowered = train_fn.lower(carry[0], carry[1], batch)
@@ -378,12 +303,14 @@ class Peer:
     self.err.close()
 
 
-def _start_peers(model: str, sizes: Sizes, report: Report, label: str):
+def _start_peers(model: str, sizes: Sizes, report: Report, label: str,
+                 kinds: tuple[str, ...] = ("eager", "compile")):
   """Eager and compiled peers, started now (they build while JAX compiles)."""
   if importlib.util.find_spec("torch") is None:
     report.add(row=label, variant="torch", notes="skipped: torch is not installed")
     return []
-  return [Peer(model, sizes, compiled=False), Peer(model, sizes, compiled=True)]
+  return [Peer(model, sizes, compiled=k == "compile") for k in ("eager", "compile")
+          if k in kinds]
 
 
 def _ready_peers(peers: list[Peer], sizes: Sizes, t_start: float, deadline: float,
@@ -416,19 +343,22 @@ def _rounds(timers: dict[str, Callable[[int], float]], sizes: Sizes
 
 def model_rows(label: str, torch_model: str, model: dict, sizes: Sizes,
                env: dict, report: Report, deadline: float,
-               variants: tuple[str, ...] = ()) -> None:
+               variants: tuple[str, ...] = (),
+               peer_kinds: tuple[str, ...] = ("eager", "compile")) -> None:
   """Row 2 or 3: jaxtrain's step against the torch peers, same GPU, same run."""
   import jax  # pylint: disable=g-import-not-at-top
   t_start = time.monotonic()
-  peers = _start_peers(torch_model, sizes, report, label)
+  peers = _start_peers(torch_model, sizes, report, label, peer_kinds)
+  eager = [p for p in peers if p.name == "torch eager"]
+  compiled = [p for p in peers if p.name != "torch eager"]
   try:
     # The eager peer's warm-up would disturb XLA's autotuning: let it finish
     # first. torch.compile's compilation (CPU) overlaps JAX's.
-    ready = _ready_peers(peers[:1], sizes, t_start, deadline, report, label)
+    ready = _ready_peers(eager, sizes, t_start, deadline, report, label)
     steps = {"jaxtrain": jax_step(model, sizes)}
     for v in variants:
       steps[VARIANTS[v][0]] = jax_step(model, sizes, v)
-    peers = ready + _ready_peers(peers[1:], sizes, t_start, deadline, report, label)
+    peers = ready + _ready_peers(compiled, sizes, t_start, deadline, report, label)
     timers = {**{k: s.run for k, s in steps.items()}, **{p.name: p.run for p in peers}}
     secs = _rounds(timers, sizes)
     peak = env.get("peak_tflops")
@@ -437,6 +367,12 @@ def model_rows(label: str, torch_model: str, model: dict, sizes: Sizes,
     flops = {**{k: s.flops for k, s in steps.items()},
              **{p.name: p.info.get("flops_per_step") for p in peers}}
     flops["torch.compile"] = flops.get("torch eager")  # same model, same FLOPs
+    # XLA:GPU's cost analysis leaves out cuDNN/cuBLAS calls (a ResNet-50 step
+    # "costs" 1e11 FLOPs there, 6e12 counted by PyTorch): the same architecture's
+    # count from FlopCounterMode, where a peer ran, is the model's FLOPs.
+    model_flops = flops.get("torch eager") if jax.default_backend() == "gpu" else None
+    if model_flops:
+      flops.update({k: model_flops for k in steps})
     mem = {k: f"step {_gib(s.step_bytes)}, device peak so far "
               f"{_gib(stats.get('peak_bytes_in_use'))}" for k, s in steps.items()}
     for p in peers:
@@ -460,9 +396,10 @@ def model_rows(label: str, torch_model: str, model: dict, sizes: Sizes,
                     "the default step")
         notes += (f"; compute {js.compute_dtype}; compile {js.compile_s:.0f} s; "
                   f"FLOPs/step compiled {js.flops or 0:.3g}, lowered "
-                  f"{js.flops_lowered or 0:.3g}; {hlo_census(js.hlo)}")
-        if k == VARIANTS["f32out"][0]:
-          notes += f"; formulation fallbacks {sorted(set(FALLBACKS)) or 'none'}"
+                  f"{js.flops_lowered or 0:.3g}"
+                  + (f" (TFLOP/s and MFU from the torchvision model's count, "
+                     f"{model_flops:.3g})" if model_flops else "")
+                  + f"; {hlo_census(js.hlo)}")
       else:
         info = next(p for p in peers if p.name == k).info
         if flops.get(k):
@@ -527,10 +464,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--rows", default="digits,resnet50,vit",
                       help="comma-separated subset of digits, resnet50, vit")
   parser.add_argument("--variants", default="amp",
-                      help="weight-gradient formulations timed beside jaxtrain's "
-                      "(comma-separated: amp, f32out; '' for none) [amp]")
+                      help="jaxtrain configurations timed beside the default one "
+                      "(amp: precision.weight_grad_dtype=compute; '' for none) [amp]")
+  parser.add_argument("--peers", default="eager,compile",
+                      help="PyTorch peers: eager, compile or both [eager,compile]")
   args = parser.parse_args(argv)
   variants = tuple(v for v in args.variants.split(",") if v)
+  peer_kinds = tuple(k for k in args.peers.split(",") if k)
   deadline = time.monotonic() + args.budget
   sizes = TOY if args.dry_run else FULL
   rows = args.rows.split(",")
@@ -543,10 +483,10 @@ def main(argv: list[str] | None = None) -> int:
       ("digits", "digits CNN (jaxtrain train)", lambda: digits_row(sizes, report)),
       ("resnet50", "ResNet-50 train step", lambda: model_rows(
           "ResNet-50 train step", "resnet50", sizes.resnet, sizes, env, report,
-          deadline, variants=variants)),
+          deadline, variants=variants, peer_kinds=peer_kinds)),
       ("vit", "ViT-B/16 train step", lambda: model_rows(
           "ViT-B/16 train step", "vit_b16", sizes.vit, sizes, env, report,
-          deadline, variants=variants)),
+          deadline, variants=variants, peer_kinds=peer_kinds)),
   ]
   for key, label, run in sections:
     if key not in rows:

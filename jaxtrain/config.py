@@ -21,6 +21,7 @@ import ml_collections
 from jaxtrain.errors import ConfigError
 
 PRECISIONS = ("auto", "bfloat16", "float32")
+WEIGHT_GRAD_DTYPES = ("float32", "compute")  # jaxtrain.precision.weight_grads
 RESTORE_MODES = ("auto", "never", "required")
 NONFINITE_MODES = ("halt", "skip")
 EARLY_STOPPING_MODES = ("max", "min")
@@ -79,7 +80,13 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=rules.DEFAULT_RULES))
-  c.precision = ml_collections.ConfigDict(dict(compute_dtype="auto"))
+  c.precision = ml_collections.ConfigDict(dict(
+      compute_dtype="auto",
+      # float32: weight gradients with float32 results, summed across replicas in
+      # float32 | compute: autocast's (bf16, then cast; 1.33x faster ResNet-50
+      # step on one H200, summed in bf16). See jaxtrain/precision.py.
+      weight_grad_dtype="float32",
+  ))
   c.checkpoint = ml_collections.ConfigDict(dict(
       every=500,               # save every this many steps (and at the end); 0: end only
       keep=3,                  # keep the newest N checkpoints (+ the best, with
@@ -269,6 +276,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check_ema(config)
   _check_early_stopping(config.train)
   _check_choice("precision.compute_dtype", config.precision.compute_dtype, PRECISIONS)
+  _check_choice("precision.weight_grad_dtype", config.precision.weight_grad_dtype,
+                WEIGHT_GRAD_DTYPES)
   _check_choice("checkpoint.restore", config.checkpoint.restore, RESTORE_MODES)
   _check_int("checkpoint.every", config.checkpoint.every, minimum=0)
   _check_int("checkpoint.keep", config.checkpoint.keep, minimum=1)

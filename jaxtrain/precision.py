@@ -25,6 +25,16 @@ float32 for the same reason, then the output is cast to the compute dtype. Other
 parameters that meet bfloat16 activations should do the same: combine in float32,
 then cast.
 
+`precision.weight_grad_dtype=compute` gives PyTorch autocast's formulation instead:
+weight gradients in the compute dtype, then cast (and summed across replicas in
+it). On one H200 (`benchmarks/gpu_check.py`, 2026-12-04) that made the ResNet-50
+step 1.33x faster, because XLA:GPU runs the float32-result weight-gradient
+convolutions in float32. Float32-result *dots* are as fast as bfloat16 ones there
+when their operands stay bfloat16 (the ViT-B/16 step: 1.26x faster than with
+widened operands), so off the CPU the weight gradient of a dot is built that way
+(`_narrow_operand_weight_grad`); XLA:CPU cannot run a bfloat16 x bfloat16 ->
+float32 dot and keeps the widened form.
+
 Op formulation (`impl`): the same model math written two ways, with the same
 variables. ``reference`` is the textbook form (`nn.Conv` everywhere, batch norm
 differentiated by autodiff); ``fused`` is the form XLA:CPU runs fast (1x1 convolutions
@@ -35,19 +45,25 @@ reaches checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.linen import dtypes as flax_dtypes
 
+from jaxtrain.config import WEIGHT_GRAD_DTYPES
 from jaxtrain.errors import ConfigError
 
 _DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 IMPLS = ("auto", "reference", "fused")
+# How `Dense`/`Conv`/`einsum` weight gradients are traced; set by `weight_grads`
+# around the train step's gradient (a trace-time choice, like the mesh).
+_WEIGHT_GRADS = contextvars.ContextVar("jaxtrain_weight_grads", default="float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +130,55 @@ def make_policy(compute_dtype: str, platform: str | None = None,
                 impl=resolve_impl(impl, platform, field="precision.impl"))
 
 
+@contextlib.contextmanager
+def weight_grads(dtype: str) -> Iterator[None]:
+  """Traces weight gradients in ``float32`` (default) or the ``compute`` dtype.
+
+  Args:
+    dtype: ``float32``: float32 results, summed across replicas in float32 (module
+      docstring); ``compute``: autocast's formulation, the weight gradient in the
+      compute dtype, then cast to the parameter's dtype.
+
+  Yields:
+    Nothing; the layers traced inside use `dtype`.
+
+  Raises:
+    ConfigError: `dtype` is not one of `WEIGHT_GRAD_DTYPES`.
+  """
+  if dtype not in WEIGHT_GRAD_DTYPES:
+    raise ConfigError("precision.weight_grad_dtype", dtype, "not a known weight-"
+                      "gradient dtype", choices=WEIGHT_GRAD_DTYPES)
+  token = _WEIGHT_GRADS.set(dtype)
+  try:
+    yield
+  finally:
+    _WEIGHT_GRADS.reset(token)
+
+
+def _narrow_operand_weight_grad(op: Callable[[jax.Array, jax.Array], jax.Array],
+                                x: jax.Array, w: jax.Array, g: jax.Array
+                                ) -> jax.Array | None:
+  """The weight gradient of a dot `op(x, w)` from compute-dtype operands, or None.
+
+  JAX's own transpose rule of the dot, with ``preferred_element_type`` set to w's
+  dtype: the operands stay in the compute dtype and the result is float32, the
+  form XLA:TPU reaches by folding converts and XLA:GPU runs at the bfloat16 rate.
+  None when `op` is not one `dot_general` of (x, w) (a convolution, an einsum
+  that also transposes): the caller widens the operands instead.
+  """
+  from jax._src.interpreters import ad  # pylint: disable=g-import-not-at-top
+  narrow = w.astype(x.dtype)
+  jaxpr = jax.make_jaxpr(op)(x, narrow).jaxpr
+  if len(jaxpr.eqns) != 1:
+    return None
+  eqn = jaxpr.eqns[0]
+  if eqn.primitive.name != "dot_general" or list(eqn.invars) != list(jaxpr.invars):
+    return None
+  rule = ad.get_primitive_transpose(eqn.primitive)
+  params = dict(eqn.params, preferred_element_type=w.dtype)
+  return rule(g, x, ad.UndefinedPrimal(jax.typeof(w)), **params)[1]
+
+
 def _float32_weight_grad(op: Callable[[jax.Array, jax.Array], jax.Array]
                          ) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """`op(x, w)` computed in x's dtype, differentiated with w's cotangent in w's dtype.
@@ -136,8 +201,12 @@ def _float32_weight_grad(op: Callable[[jax.Array, jax.Array], jax.Array]
   def bwd(res, g):
     x, w = res
     dx = jax.linear_transpose(lambda x_: op(x_, w.astype(x.dtype)), x)(g)[0]
-    wide = x.astype(w.dtype)
-    dw = jax.linear_transpose(lambda w_: op(wide, w_), w)(g.astype(w.dtype))[0]
+    dw = None
+    if active_platform() != "cpu":
+      dw = _narrow_operand_weight_grad(op, x, w, g)
+    if dw is None:
+      wide = x.astype(w.dtype)
+      dw = jax.linear_transpose(lambda w_: op(wide, w_), w)(g.astype(w.dtype))[0]
     return dx, dw
 
   apply.defvjp(fwd, bwd)
@@ -152,6 +221,8 @@ def _with_weight_grad_dtype(op: Callable[..., jax.Array]) -> Callable[..., jax.A
     bound = lambda x, w: op(x, w, *args, **kwargs)  # noqa: E731
     if lhs.dtype == rhs.dtype:  # float32 compute: exactly the plain op
       return bound(lhs, rhs)
+    if _WEIGHT_GRADS.get() == "compute":  # autocast: the cast's gradient widens
+      return bound(lhs, rhs.astype(lhs.dtype))
     return _float32_weight_grad(bound)(lhs, rhs)
 
   return wrapped

@@ -197,7 +197,9 @@ def _train_step(exp: Experiment, teacher_variables: Any = None
     teacher_fn = exp.teacher.logits_fn(teacher_variables)
   train_step = step_lib.make_train_step(exp.model, exp.tx,
                                         loss=losses.from_config(exp.config),
-                                        teacher_fn=teacher_fn)
+                                        teacher_fn=teacher_fn,
+                                        weight_grad_dtype=exp.config.precision
+                                        .weight_grad_dtype)
   if exp.ema is None:
     return train_step
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtrain import losses
+from jaxtrain import losses, precision
 from jaxtrain.losses import cross_entropy  # noqa: F401  (public: jaxtrain.cross_entropy)
 from jaxtrain.state import TrainState
 
@@ -66,7 +66,8 @@ def _apply(model: nn.Module, params, model_state, images, train: bool, rng):
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     label_smoothing: float = 0.0, loss: losses.Loss | None = None,
-                    teacher_fn: TeacherFn | None = None) -> TrainStep:
+                    teacher_fn: TeacherFn | None = None,
+                    weight_grad_dtype: str = "float32") -> TrainStep:
   """Builds the pure train step.
 
   An update whose loss or gradients are not finite is dropped inside the step:
@@ -87,6 +88,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       teacher's variables, applied with ``train=False``), called inside the step
       when the batch has no ``teacher_logits`` (distillation); its gradient is
       stopped.
+    weight_grad_dtype: ``float32`` or ``compute``: how the layers of
+      `jaxtrain.precision` form weight gradients under bfloat16 compute
+      (`precision.weight_grads`).
 
   Returns:
     ``train_step(state, sums, batch) -> (state, sums)``: one update, with this
@@ -109,8 +113,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       per_example = loss(logits, batch)
       return jnp.mean(per_example), (logits, per_example, model_state)
 
-    grads, (logits, per_example, model_state) = jax.grad(
-        loss_fn, has_aux=True)(state.params)
+    with precision.weight_grads(weight_grad_dtype):
+      grads, (logits, per_example, model_state) = jax.grad(
+          loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # One sum of squares per leaf: Inf and NaN both survive it. One is_finite of

@@ -288,8 +288,9 @@ class GroupProgram:
                                jnp.asarray([c.seed for c in configs], jnp.int32),
                                trial_hparams(configs), stacked)
     index = jnp.asarray([self.seeds.index(c.seed) for c in configs], jnp.int32)
-    train_step = step_lib.make_train_step(exp.model, tx,
-                                          loss=losses.from_config(exp.config))
+    train_step = step_lib.make_train_step(
+        exp.model, tx, loss=losses.from_config(exp.config),
+        weight_grad_dtype=exp.config.precision.weight_grad_dtype)
     shared = len(self.seeds) == 1
 
     def one(state, total, batch):
