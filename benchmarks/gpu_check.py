@@ -27,6 +27,22 @@ $OUT/gpu_check.json when OUT is set, after every row.
 
   python3 benchmarks/gpu_check.py              # a GPU machine (see gpu/README.md)
   python3 benchmarks/gpu_check.py --dry-run    # CPU, toy sizes, the same code
+
+On a machine that has JAX (CUDA), Flax, Optax, Orbax, PyTorch and torchvision but
+no internet and not jaxtrain's other dependencies, carry these Python 3.12
+manylinux x86-64 wheels in `.whl/` (11 MB; `pip download --no-deps --only-binary=:all:
+--python-version 3.12 --platform manylinux_2_28_x86_64 ... -d .whl NAME==VERSION`):
+grain 0.2.18, tensorflow-datasets 4.9.10, array-record 0.8.6, ml-collections 1.1.0,
+tensorboardX 2.6.5, dm-tree 0.1.10, docstring-parser 0.18.0, googleapis-common-protos
+1.76.0, immutabledict 4.3.1, portpicker 1.6.0, promise 2.3, protobuf 7.36.2,
+simple-parsing 0.1.9, tensorflow-metadata 1.21.0, termcolor 3.3.0, toml 0.10.2; then,
+from the repository root (jaxtrain itself is not installed there):
+
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py \
+      --budget=420 | tee gpu_check.log
+
+The figures of 2026-12-04 on one H200 are in gpu/README.md.
 """
 from __future__ import annotations
 
