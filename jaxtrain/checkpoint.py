@@ -223,6 +223,25 @@ class Checkpointer:
           "storage, then re-run the same command to resume.") from e
 
 
+def describe_intact(workdir: str) -> str:
+  """'the checkpoint at step N in DIR is intact', from the directory alone.
+
+  Safe to call from any thread while a save is cut short: a step is complete once
+  Orbax renamed it to its number (local disks) or wrote its commit_success.txt
+  (object stores, where it is written in place).
+  """
+  base = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
+  directory = epath.Path(f"{base}/checkpoints")
+  try:
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()
+             and ("://" not in base or (p / "commit_success.txt").exists())]
+  except OSError:
+    steps = []
+  if not steps:
+    return "no complete checkpoint exists yet"
+  return f"the checkpoint at step {max(steps)} in {directory} is intact"
+
+
 def _path(keys) -> str:
   """'train/params/conv0/kernel' whether the tree holds dicts or dataclasses."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))

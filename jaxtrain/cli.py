@@ -75,10 +75,13 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def capture_diagnostics(args: argparse.Namespace) -> None:
-  """Library tracebacks go to the workdir's log file, not the console."""
+  """Library tracebacks go to the workdir's log file, not the console; on many
+  hosts, a process that dies is named by the others (`parallel.peers`)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxtrain import diagnostics  # pylint: disable=g-import-not-at-top
+  from jaxtrain import checkpoint, diagnostics  # pylint: disable=g-import-not-at-top
+  from jaxtrain.parallel import peers  # pylint: disable=g-import-not-at-top
   diagnostics.capture(args.workdir, jax.process_index())
+  peers.watch(lambda: checkpoint.describe_intact(args.workdir))
 
 
 def _train(args: argparse.Namespace, config: Any) -> int:
@@ -228,6 +231,7 @@ def init_distributed(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   from jaxtrain import preemption  # pylint: disable=g-import-not-at-top
+  from jaxtrain.parallel import peers  # pylint: disable=g-import-not-at-top
   preemption.install()  # first: a SIGTERM during start-up still ends cleanly
   commands = _commands()
   parser = _parser(commands)
@@ -238,16 +242,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     load = command.load or load_config
     config = load(args.config, overrides) if command.takes_config else None
-    return command.run(args, config) or 0
+    code = command.run(args, config) or 0
+    peers.farewell()  # on many hosts: this process ends on purpose
+    return code
   except ConfigError as e:
+    peers.farewell()
     print(f"jaxtrain: error: {e}", file=sys.stderr)
     return 2
   except Exception as e:  # pylint: disable=broad-except
+    peers.wait_for_verdict()  # a peer's death, if that is the cause, is named
     from jaxtrain.checkpoint import CheckpointWriteError  # pylint: disable=g-import-not-at-top
     from jaxtrain.runner import TrainingHalted  # pylint: disable=g-import-not-at-top
     from jaxtrain import diagnostics  # pylint: disable=g-import-not-at-top
     if not isinstance(e, (TrainingHalted, CheckpointWriteError)):
       raise
+    peers.farewell()
     details = diagnostics.captured_to()
     print(f"jaxtrain: training stopped: {e}"
           + (f" (details: {details})" if details else ""), file=sys.stderr)

@@ -10,11 +10,14 @@ and then injects the fault:
   fill_disk:DIR   fills the filesystem of DIR (a small tmpfs) with a file DIR/filler
   read_only:DIR   bind-mounts DIR read-only onto itself (root ignores permission
                   bits); the test unmounts it
+  sigkill:I       process I of a multi-host run starts the save, then SIGKILLs
+                  itself while it is being written (a peer dying mid-save)
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -33,6 +36,17 @@ def read_only(directory: str) -> None:
 FAULTS = {"fill_disk": fill_disk, "read_only": read_only}
 
 
+def _die_after(original, process: int):
+  """The save of this step, after which process `process` dies at once."""
+  def save(self, step, *a, **kw):
+    import jax  # pylint: disable=g-import-not-at-top
+    result = original(self, step, *a, **kw)
+    if jax.process_index() == process:
+      os.kill(os.getpid(), signal.SIGKILL)
+    return result
+  return save
+
+
 def main() -> int:
   parser = argparse.ArgumentParser()
   parser.add_argument("--at_step", type=int, required=True)
@@ -42,9 +56,13 @@ def main() -> int:
   from jaxtrain import checkpoint, cli  # pylint: disable=g-import-not-at-top
   original = checkpoint.Checkpointer.save
 
+  dying = _die_after(original, int(directory)) if name == "sigkill" else None
+
   def save(self, step, *a, **kw):
     if step == args.at_step:
       self.wait()
+      if dying is not None:
+        return dying(self, step, *a, **kw)
       FAULTS[name](directory)
     return original(self, step, *a, **kw)
 
