@@ -137,21 +137,15 @@ class Checkpointer:
     Raises:
       CheckpointCorruptError: the contents differ from what was saved.
     """
-    verified = (epath.Path(self.directory) / str(step) / "checksums").exists()
+    verified = has_checksums(self.directory, step)
     items = {"state": ocp.args.StandardRestore(abstract_state),
              "data": ocp.args.JsonRestore()}
     if verified:
       items["checksums"] = checksums.ChecksumRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     if verified:
-      verdict = checksums.verify(restored["state"], restored["data"],
-                                 restored["checksums"])
-      if not verdict.ok:
-        shown = ", ".join(verdict.mismatched[:3])
-        more = len(verdict.mismatched) - 3
-        raise CheckpointCorruptError(
-            f"contents differ from the checksums recorded at the save: {shown}"
-            + (f" and {more} more" if more > 0 else ""))
+      verdict = check_checksums(restored["state"], restored["data"],
+                                restored["checksums"])
       if verdict.unchecked and report is not None:
         report(f"Checkpoint at step {step}: {len(verdict.unchecked)} of "
                f"{len(verdict.unchecked) + verdict.checked} checksummed pieces span "
@@ -221,6 +215,27 @@ class Checkpointer:
           f"could not write the checkpoint {which}in {self.directory} "
           f"({type(e).__name__}: {str(e)[:300]}); {kept}. Free space or fix the "
           "storage, then re-run the same command to resume.") from e
+
+
+def has_checksums(directory: str, step: int) -> bool:
+  """Whether `step` in the Orbax `directory` recorded checksums when saved."""
+  return (epath.Path(directory) / str(step) / "checksums").exists()
+
+
+def check_checksums(tree: Any, data: Any, records: Any) -> checksums.Verdict:
+  """Checks a restored `tree` (and data item) against a step's records.
+
+  Raises:
+    CheckpointCorruptError: a piece differs from what was saved.
+  """
+  verdict = checksums.verify(tree, data, records)
+  if not verdict.ok:
+    shown = ", ".join(verdict.mismatched[:3])
+    more = len(verdict.mismatched) - 3
+    raise CheckpointCorruptError(
+        f"contents differ from the checksums recorded at the save: {shown}"
+        + (f" and {more} more" if more > 0 else ""))
+  return verdict
 
 
 def describe_intact(workdir: str) -> str:

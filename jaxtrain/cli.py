@@ -251,10 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   except Exception as e:  # pylint: disable=broad-except
     peers.wait_for_verdict()  # a peer's death, if that is the cause, is named
-    from jaxtrain.checkpoint import CheckpointWriteError  # pylint: disable=g-import-not-at-top
+    from jaxtrain.checkpoint import CheckpointCorruptError, CheckpointWriteError  # pylint: disable=g-import-not-at-top
     from jaxtrain.runner import TrainingHalted  # pylint: disable=g-import-not-at-top
     from jaxtrain import diagnostics  # pylint: disable=g-import-not-at-top
-    if not isinstance(e, (TrainingHalted, CheckpointWriteError)):
+    if not isinstance(e, (TrainingHalted, CheckpointWriteError,
+                          CheckpointCorruptError)):
       raise
     peers.farewell()
     details = diagnostics.captured_to()

@@ -26,6 +26,8 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
+from jaxtrain import checksums
+
 
 @dataclasses.dataclass
 class Tracker:
@@ -108,22 +110,40 @@ class BestCheckpointer:
         enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler()})
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "checksums": checksums.ChecksumHandler()})
 
   def save(self, step: int, state: Any, metrics: dict[str, float]) -> None:
     """Saves `state` with its eval `metrics` (a resumed run may see `step` again)."""
     if step in self._manager.all_steps():
       return
     self._manager.save(step, metrics=dict(metrics), force=True,
-                       args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+                       args=ocp.args.Composite(
+                           state=ocp.args.StandardSave(state),
+                           checksums=checksums.ChecksumSave(checksums.record(state))))
 
   def best_step(self) -> int | None:
     return self._manager.best_step()
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, float]]:
-    """(state, eval metrics) of `step`, onto the shardings of `abstract_state`."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
+    """(state, eval metrics) of `step`, onto the shardings of `abstract_state`.
+
+    Raises:
+      CheckpointCorruptError: its contents differ from their recorded checksums.
+    """
+    from jaxtrain import checkpoint  # pylint: disable=g-import-not-at-top
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    verified = checkpoint.has_checksums(self.directory, step)
+    if verified:
+      items["checksums"] = checksums.ChecksumRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if verified:
+      try:
+        checkpoint.check_checksums(restored["state"], None, restored["checksums"])
+      except checkpoint.CheckpointCorruptError as e:
+        raise checkpoint.CheckpointCorruptError(
+            f"the best checkpoint (step {step}) in {self.directory} is damaged: "
+            f"{e}") from None
     return restored["state"], dict(self._manager.metrics(step) or {})
 
   def wait(self) -> None:

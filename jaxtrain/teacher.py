@@ -28,7 +28,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxtrain import models
+from jaxtrain import checkpoint, checksums, models
 from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import sharding
 
@@ -60,7 +60,8 @@ def _manager(directory: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
       item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                     "config": ocp.JsonCheckpointHandler()})
+                     "config": ocp.JsonCheckpointHandler(),
+                     "checksums": checksums.ChecksumHandler()})
 
 
 def _checkpoint_step(distill: ml_collections.ConfigDict,
@@ -154,13 +155,25 @@ def restore(teacher: Teacher) -> Teacher:
             "model_state": {k: v for k, v in teacher.variables.items()
                             if k != "params"}}
   manager = _manager(teacher.directory)
+  items = {"state": ocp.args.PyTreeRestore(
+      item={"train": target},
+      restore_args=ocp.checkpoint_utils.construct_restore_args({"train": target}),
+      partial_restore=True)}
+  verified = checkpoint.has_checksums(teacher.directory, teacher.step)
+  if verified:
+    items["checksums"] = checksums.ChecksumRestore()
   try:
-    restored = manager.restore(teacher.step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-            item={"train": target},
-            restore_args=ocp.checkpoint_utils.construct_restore_args({"train": target}),
-            partial_restore=True)))["state"]["train"]
+    restored = manager.restore(teacher.step, args=ocp.args.Composite(**items))
   finally:
     manager.close()
+  if verified:  # only the teacher's arrays were read; only they are checked
+    try:
+      checkpoint.check_checksums(restored["state"], None, restored["checksums"])
+    except checkpoint.CheckpointCorruptError as e:
+      raise ConfigError("distill.teacher_workdir",
+                        str(epath.Path(teacher.directory).parent), f"its checkpoint at step "
+                        f"{teacher.step} in {teacher.directory} is damaged ({e}); "
+                        "choose another with distill.teacher_step") from None
+  restored = restored["state"]["train"]
   variables = {"params": restored["params"], **(restored.get("model_state") or {})}
   return dataclasses.replace(teacher, variables=variables)

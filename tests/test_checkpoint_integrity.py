@@ -136,7 +136,7 @@ def _config():
 def straight(tmp_path_factory):
   """The uninterrupted run every recovered one must equal."""
   workdir = tmp_path_factory.mktemp("straight")
-  return runner.train(_config(), str(workdir))
+  return runner.train(_config(), str(workdir)), workdir
 
 
 def _leaves(state):
@@ -209,7 +209,7 @@ def test_random_bytes_in_the_largest_chunk_are_found(position, size, straight,
   resumed, out = _resume_after(
       lambda d: _write_random_bytes(d, position, size, seed=int(position * 100)),
       tmp_path, capsys)
-  for x, y in zip(_leaves(straight.state), _leaves(resumed.state)):
+  for x, y in zip(_leaves(straight[0].state), _leaves(resumed.state)):
     np.testing.assert_array_equal(x, y)
 
 
@@ -227,8 +227,40 @@ def test_changed_chunk_of_every_state_dtype_is_found_by_its_checksum(
   assert seen == [np.dtype(dtype)]
   assert "CheckpointCorruptError: contents differ from the checksums" in out
   assert array_key.replace(".", "/") in out
-  for x, y in zip(_leaves(straight.state), _leaves(resumed.state)):
+  for x, y in zip(_leaves(straight[0].state), _leaves(resumed.state)):
     np.testing.assert_array_equal(x, y)
+
+
+# --- the other checkpoints a run reads: the best state, a distillation teacher ------
+
+def test_a_damaged_best_checkpoint_is_not_returned_as_the_result(tmp_path):
+  from jaxtrain.checkpoint import CheckpointCorruptError  # pylint: disable=g-import-not-at-top
+  config = _config()
+  config.train.eval_every = 10
+  config.train.early_stopping.metric = "eval/loss"
+  config.train.early_stopping.mode = "min"
+  runner.train(config, str(tmp_path))
+  (best,) = os.listdir(tmp_path / "best")  # a re-run of a finished run restores it
+  _change_stored_chunk(tmp_path / "best" / best, "train.params.hidden0.kernel")
+  with pytest.raises(CheckpointCorruptError,
+                     match=rf"the best checkpoint \(step {best}\) in .* is damaged: "
+                     "contents differ .* train/params/hidden0/kernel"):
+    runner.train(config, str(tmp_path))
+
+
+def test_a_damaged_teacher_checkpoint_is_refused(straight, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from jaxtrain.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  teacher = tmp_path / "teacher"
+  shutil.copytree(straight[1], teacher)
+  _change_stored_chunk(teacher / "checkpoints" / "30", "train.params.head.kernel")
+  student = _config()
+  student.loss.name = "distillation"
+  student.distill.teacher_workdir = str(teacher)
+  with pytest.raises(ConfigError, match=r"distill.teacher_workdir=.*its checkpoint "
+                     r"at step 30 in .* is damaged \(contents differ .* "
+                     "train/params/head/kernel"):
+    runner.train(student, str(tmp_path / "student"))
 
 
 # --- two processes x 4 devices write and check one checkpoint ----------------------
