@@ -17,8 +17,8 @@ of its node.
 
 Preemption: a pod that gets SIGTERM (node drain, spot reclaim, eviction) passes it
 to jaxtrain, which saves a checkpoint within terminationGracePeriodSeconds and
-exits 0; the pod then exits 143 so its Job fails (an exit 0 would count as a
-finished pod) and the JobSet's failurePolicy recreates all pods, which resume from
+exits 143; the pod exits 143 whatever the program's code after a SIGTERM, so its
+Job fails (an exit 0 would count as a finished pod) and the JobSet's failurePolicy recreates all pods, which resume from
 the checkpoint, up to --max-restarts times. Only standard library (no PyYAML).
 """
 from __future__ import annotations

@@ -170,7 +170,9 @@ while true; do
   break
 done
 
-if ((REQUEUE)) && ((rc == 0)); then
+# jaxtrain exits 143 (128 + SIGTERM) when it stopped on the signal with a checkpoint;
+# 0 means it finished anyway, anything else that it failed.
+if ((REQUEUE)) && ((rc == 143)); then
   echo "$PROG: jaxtrain stopped with a checkpoint; requeueing job $SLURM_JOB_ID" >&2
   scontrol requeue "$SLURM_JOB_ID"
 fi

@@ -6,7 +6,9 @@
 Every subcommand that takes `--config` accepts `--config.a.b=value` overrides. User
 errors (bad config, bad flags) print one line naming the field and exit with code 2,
 before anything compiles; a run stopped by a non-finite loss or a failed checkpoint
-write exits with code 1 and one line saying why.
+write exits with code 1 and one line saying why; a command stopped by a signal exits
+with 128 + its number (SIGTERM 143, Ctrl-C 130), `train` and `sweep` after saving
+(`jaxtrain.preemption`); 0 means the command did all its work.
 
 A subcommand is a `Command`: a function adding its flags and a function running it
 with (args, config). Commands live beside what they drive; this file only lists them.
@@ -44,6 +46,9 @@ class Command:
   # (spec, overrides) -> validated config; None: `load_config` (an experiment).
   load: Callable[[str, Sequence[str]], Any] | None = None
   description: str = ""  # `COMMAND --help` text; "": `help`
+  # SIGTERM/Ctrl-C: True, finish the step and save, then exit 128 + the signal
+  # number; False, nothing to save: exit at once with that code (jaxtrain.preemption).
+  saves_on_signal: bool = False
 
 
 def add_config_flag(p: argparse.ArgumentParser) -> None:
@@ -88,7 +93,7 @@ def _train(args: argparse.Namespace, config: Any) -> int:
   init_distributed(args)
   capture_diagnostics(args)
   from jaxtrain import runner  # pylint: disable=g-import-not-at-top
-  runner.train(config, args.workdir)
+  runner.train(config, args.workdir, name=args.config)
   return 0
 
 
@@ -165,7 +170,7 @@ def _commands() -> list[Command]:
 
   return [
       Command("train", "train (or resume) an experiment in --workdir",
-              _train_flags, _train),
+              _train_flags, _train, saves_on_signal=True),
       Command("compile", "compile the train step for a TPU topology without the "
               "hardware: memory per device vs HBM, FLOPs, collectives",
               _compile_flags, compile_),
@@ -174,7 +179,7 @@ def _commands() -> list[Command]:
               lambda p: None, optim_summary),
       Command("sweep", "run (or resume) a scaling study: trials over batch sizes, "
               "optimizers and learning rates, steps to target, plots",
-              _sweep_flags, sweep, load=load_study),
+              _sweep_flags, sweep, load=load_study, saves_on_signal=True),
       Command("report", "regenerate a sweep's plots and Markdown summary from DIR",
               lambda p: p.add_argument("dir", metavar="DIR",
                                        help="a sweep's --workdir"),
@@ -232,11 +237,12 @@ def init_distributed(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   from jaxtrain import preemption  # pylint: disable=g-import-not-at-top
   from jaxtrain.parallel import peers  # pylint: disable=g-import-not-at-top
-  preemption.install()  # first: a SIGTERM during start-up still ends cleanly
+  watcher = preemption.install()  # first: a SIGTERM during start-up still ends cleanly
   commands = _commands()
   parser = _parser(commands)
   args, overrides = _split_overrides(parser, sys.argv[1:] if argv is None else argv)
   command = next(c for c in commands if c.name == args.command)
+  watcher.graceful, watcher.stopped_at = command.saves_on_signal, None
   if overrides and not command.takes_config:
     parser.error(f"'{command.name}' takes no --config.* overrides")
   try:
@@ -244,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load(args.config, overrides) if command.takes_config else None
     code = command.run(args, config) or 0
     peers.farewell()  # on many hosts: this process ends on purpose
+    if watcher.stopped_at is not None:  # saved, but not finished: 143 or 130
+      return preemption.exit_code(watcher.signum)
     return code
   except ConfigError as e:
     peers.farewell()

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import ema as ema_lib
@@ -64,6 +65,11 @@ class Functions:
   extra_args: tuple[Any, ...] = ()        # after the batch(es): teacher variables
 
 
+class _NoClock:
+  """No compile time known (a Loop built without a `console.CompileClock`)."""
+  seconds = 0.0
+
+
 class Loop:
   """Runs one experiment from its current step to the end (or a stop).
 
@@ -73,7 +79,7 @@ class Loop:
   """
 
   def __init__(self, exp, fns: Functions, host, ckpt, writer, watcher,
-               profile_dir: str, best=None):
+               profile_dir: str, best=None, clock=None):
     self.exp, self.cfg, self.fns = exp, exp.config, fns
     self.host = host
     self.data_iter = getattr(host, "data_iter", host)
@@ -85,6 +91,12 @@ class Loop:
     self._tracing = False
     self._stage: int | None = None
     self._in_flight: collections.deque = collections.deque()
+    # Console: compile time left out of steps/s and the ETA; what a signal stops at.
+    self.clock = clock or _NoClock()
+    self._compiled = False
+    self._next_stop = 0
+    self._window = (0.0, 0.0)  # (wall clock, compile seconds) at the window's start
+    self.finished = False  # ran to the end (or stopped early on its metric)
 
   def evaluate(self, state) -> dict[str, float]:
     """Eval metrics of the raw weights, and of the EMA weights if there are some."""
@@ -104,27 +116,32 @@ class Loop:
       final = self.evaluate(state)
       self.writer.message(f"Already trained to step {step}; final evaluation: "
                           + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+      self.finished = True
       return self._best_or(state, step, final)
     end = min(total, stop_at or total)
-    t0, last, values, early = time.perf_counter(), step, {}, False
+    last, values, early = step, {}, False
+    self._start_window()
+    self._watch(step, end)
     while step < end:
       self._announce_stage(step)
       self._profile(step)
       n = self._block_length(step, end)
-      state, sums = self._dispatch(state, sums, n)
+      state, sums = self._advance(state, sums, n)
       step += n
       self._bound_in_flight(state, sums)
-      stopping = self.watcher.should_stop(step)
+      # A signal at the last step stops nothing: the run is complete.
+      stopping = step < total and self.watcher.should_stop(step)
+      self._next_stop = step + self._block_length(step, end) if step < end else step
       values = {}
       if step % self.cfg.train.log_every == 0 or step == total:
-        values = self._train_values(sums, step, last, t0)
+        values = self._train_values(sums, step, last)
         sums, last = step_lib.reset(sums), step
       if self._every(step, self.cfg.train.eval_every) or step == total:
         values.update(self.evaluate(state))
         early = self._track(step, state, values)
       if values:
         self.writer.write(step, values)
-        t0, self.data_wait = time.perf_counter(), 0.0
+        self._start_window()
       if self.ckpt.should_save(step) or step == end or stopping or early:
         self._check_nonfinite(jax.device_get(sums), step)
         if self.best is not None:
@@ -132,13 +149,19 @@ class Loop:
         self.ckpt.save(step, {"train": state, "metrics": sums}, self.host, self.cfg)
       if stopping:
         self.ckpt.wait()
+        if jax.process_count() > 1:
+          # No process exits (128 + the signal number; a launcher such as srun
+          # --kill-on-bad-exit then ends the others) before all have the checkpoint.
+          multihost_utils.sync_global_devices("jaxtrain: stop checkpoint complete")
+        self.watcher.stopped_at = step  # the command exits 128 + the signal number
         self.writer.message(f"Stopped by {self.watcher.reason} after step {step}; "
                             "checkpoint complete. Re-run the same command to resume.")
         break
       if early:
         break
     self._profile(step, final=True)
-    if step == total or early:
+    self.finished = step == total or early
+    if self.finished:
       return self._best_or(state, step, values)
     return state, values
 
@@ -225,6 +248,33 @@ class Loop:
         self._check_nonfinite(jax.device_get(sums), step, (skip_run, max_skip_run,
                                                              bad_step))
 
+  def _watch(self, step: int, end: int) -> None:
+    """Tells the preemption watcher what a signal now leads to (its first answer)."""
+    self._next_stop = step + self._block_length(step, end) if step < end else step
+    many = jax.process_count() > 1
+
+    def describe() -> str:
+      if many:
+        return ("finishing the current step (every process stops at the same one) "
+                "and saving a checkpoint")
+      return f"finishing step {self._next_stop} and saving a checkpoint"
+
+    self.watcher.describe_stop = describe
+
+  def _advance(self, state, sums, n: int):
+    """Dispatches the next n steps; the first dispatch compiles, and says so."""
+    if self._compiled:
+      return self._dispatch(state, sums, n)
+    self.writer.message("Compiling the train step...")
+    before = self.clock.seconds
+    state, sums = self._dispatch(state, sums, n)
+    self._compiled = True
+    if isinstance(self.clock, _NoClock):
+      self.writer.message("Compiled; training.")
+    else:
+      self.writer.message(f"Compiled in {self.clock.seconds - before:.1f} s; training.")
+    return state, sums
+
   def _next_local(self):
     t = time.perf_counter()
     batch = next(self.data_iter)
@@ -258,11 +308,17 @@ class Loop:
       jax.profiler.stop_trace()
       self._tracing = False
 
-  def _train_values(self, sums, step: int, last: int, t0: float):
+  def _start_window(self) -> None:
+    self._window = (time.perf_counter(), self.clock.seconds)
+    self.data_wait = 0.0
+
+  def _train_values(self, sums, step: int, last: int):
     # The clock stops after the fetch: the host dispatches ahead of the device,
-    # and steps still queued at the log point belong to this window.
+    # and steps still queued at the log point belong to this window. Compile time
+    # is left out: it is no measure of the step (nor of the time still to go).
     fetched = jax.device_get(sums)
-    elapsed = time.perf_counter() - t0
+    wall, compiling = self._window
+    elapsed = max(time.perf_counter() - wall - (self.clock.seconds - compiling), 1e-6)
     self._check_nonfinite(fetched, step)
     window = {k: v for k, v in fetched.items() if k in _LOGGED}
     values = metrics_lib.averages(window, "train")

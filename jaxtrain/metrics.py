@@ -100,6 +100,13 @@ class ObjectLog:
         # The next flush or close retries; the training thread must not die here.
         sys.stderr.write(f"jaxtrain: warning: could not write {self._path}: {e}\n")
 
+  def text(self) -> str:
+    """Everything written so far, with the object's earlier content."""
+    with self._lock:
+      if self._chunks is None:
+        return self._path.read_text() if self._path.exists() else ""
+      return "".join(self._chunks)
+
   def close(self) -> None:
     """Uploads what is pending (raises on a storage error)."""
     with self._lock:
@@ -123,6 +130,7 @@ class Writer:
     # epath: the same code writes local paths and gs:// workdirs (with gcsfs).
     root = epath.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
+    self._path = root / "metrics.jsonl"
     if is_remote(workdir):
       self._jsonl = ObjectLog(root / "metrics.jsonl")
     else:
@@ -158,6 +166,23 @@ class Writer:
       parts.append(f"ETA {eta}")
     self._stream.write(" | ".join(parts) + "\n")
     self._stream.flush()
+
+  def rows(self) -> list[dict[str, float]]:
+    """The rows of metrics.jsonl so far (a resumed run's earlier ones too)."""
+    if not self._active:
+      return []
+    if isinstance(self._jsonl, ObjectLog):
+      text = self._jsonl.text()
+    else:
+      self._jsonl.flush()
+      text = self._path.read_text()
+    rows = []
+    for line in text.splitlines():
+      try:
+        rows.append(json.loads(line))
+      except ValueError:  # a line cut short by a crash
+        continue
+    return rows
 
   def message(self, text: str) -> None:
     if self._active:

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
+from jaxtrain import console
 from jaxtrain import early_stopping
 from jaxtrain import lease as lease_lib
 from jaxtrain import ema as ema_lib
@@ -401,29 +402,62 @@ def initial_state(exp: Experiment) -> tuple[TrainState, Any]:
   return state, shardings
 
 
+def _summarize(exp: Experiment, workdir: str, writer: metrics_lib.Writer,
+               ckpt: checkpoint_lib.Checkpointer, best: Any,
+               metrics: dict[str, float], seconds: float,
+               compile_seconds: float) -> None:
+  """Prints how a finished run ended (process 0): `console.summary`."""
+  if jax.process_index() != 0:
+    return
+  es = exp.config.train.early_stopping
+  best_eval = console.best_eval(writer.rows(), es.metric, es.mode)
+  step = ckpt.latest_step()
+  checkpoint = f"{ckpt.directory}/{step}"
+  best_step = metrics.get("early_stopping/best_step")
+  if best is not None and es.restore_best and best_step is not None:
+    checkpoint = (f"{best.directory}/{int(best_step)} (the best; the last is "
+                  f"{checkpoint})")
+  for line in console.summary(step, exp.total_steps, seconds, compile_seconds,
+                              metrics, best_eval, checkpoint, workdir):
+    writer.message(line)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: list[jax.Device] | None = None,
-          stop_at: int | None = None) -> TrainResult:
+          stop_at: int | None = None, name: str = "") -> TrainResult:
   """Trains (or resumes) the experiment in `workdir`.
+
+  Process 0 prints a header (experiment, devices and mesh, parameters, workdir)
+  before anything compiles, progress lines, and a summary at the end (final and
+  best metrics, the checkpoint, how to open TensorBoard).
 
   Args:
     config: the experiment config (validated here).
     workdir: checkpoints, metrics.jsonl and TensorBoard files; resumed if present.
     devices: devices of the mesh (default: all).
     stop_at: stop after this step with a checkpoint, as a preempted run would.
+    name: what the header calls the experiment (the CLI: the --config file).
 
   Returns:
     The final state and metrics; with `train.early_stopping` (and `restore_best`)
     the best checkpoint's state and eval metrics, `early_stopping/best_step` saying
     which step it is.
   """
+  start = time.perf_counter()
   exp = build(config, devices)
   check_workdir(workdir)
   with lease_lib.held(workdir):  # one run per workdir; exits 2 naming the holder
-    return _train_held(exp, workdir, stop_at)
+    if jax.process_index() == 0:
+      print("\n".join(console.header(exp, workdir, name)), flush=True)
+    clock = console.CompileClock()
+    try:
+      return _train_held(exp, workdir, stop_at, clock, start)
+    finally:
+      clock.close()
 
 
-def _train_held(exp: Experiment, workdir: str, stop_at: int | None) -> TrainResult:
+def _train_held(exp: Experiment, workdir: str, stop_at: int | None,
+                clock: console.CompileClock, start: float) -> TrainResult:
   """`train`, once the workdir is checked and this run holds its lease."""
   config = exp.config
   rules = config.sharding.rules
@@ -442,6 +476,8 @@ def _train_held(exp: Experiment, workdir: str, stop_at: int | None) -> TrainResu
   # The CLI installs the watcher at start-up; a library caller gets one for this run.
   owned = preemption.installed() is None
   watcher = preemption.PreemptionWatcher() if owned else preemption.installed()
+  watcher.announce = jax.process_index() == 0
+  watcher.multiprocess = jax.process_count() > 1
   try:
     with sharding.activate(exp.mesh, rules):
       train_fn, eval_fn, init_sums = make_jitted_steps(exp, state, shardings)
@@ -453,9 +489,12 @@ def _train_held(exp: Experiment, workdir: str, stop_at: int | None) -> TrainResu
           train_fn, make_jitted_block(exp, shardings), eval_fn,
           mesh_lib.batch_sharding(exp.mesh), block_sharding(exp.mesh), teacher)
       loop = loop_lib.Loop(exp, fns, host, ckpt, writer, watcher,
-                           os.path.join(workdir, "profile"), best)
+                           os.path.join(workdir, "profile"), best, clock)
       state, metrics = loop.run(state, sums, stop_at)
     ckpt.wait()  # the last save is complete (or its failure reported) on return
+    if loop.finished:
+      _summarize(exp, workdir, writer, ckpt, best, metrics,
+                 time.perf_counter() - start, clock.seconds)
     return TrainResult(state, metrics)
   finally:
     if owned:

@@ -208,6 +208,18 @@ def use_compilation_cache(workdir: str) -> None:
                     os.path.join(workdir, "compile_cache"))
 
 
+def _watch(watcher, workdir: str) -> None:
+  """Tells the preemption watcher what a signal leads to (its first answer)."""
+  if watcher is None:
+    return
+  watcher.announce = jax.process_index() == 0
+  watcher.multiprocess = jax.process_count() > 1
+  results = epath.Path(workdir) / RESULTS_JSON
+  watcher.describe_stop = lambda: (
+      f"stopping after the current step; the finished trials are kept in {results} "
+      "and the group in progress runs again on a re-run")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
         watcher=None, log: Callable[[str], None] = print) -> list[Record]:
   """Runs (or resumes) the study in `workdir`; returns its trial records.
@@ -237,10 +249,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
   max_size = study.max_trials_per_group if study.vectorize else 1
   group_list = grid.groups(
       todo, max_size, lambda t: vectorized.supports_trial(t.config))
+  _watch(watcher, workdir)
   for i, group in enumerate(group_list):
     log(f"[{i + 1}/{len(group_list)}] {_describe(group)}")
     records = run_group(group, target, study, devices, watcher)
     if records is None:
+      watcher.stopped_at = len(done)  # the command exits 128 + the signal number
       log("Stopped by a signal; finished trials are saved. Re-run the same "
           "command to resume.")
       break
@@ -258,8 +272,14 @@ def main(args, config: ml_collections.ConfigDict) -> int:
   from jaxtrain import lease, preemption  # pylint: disable=g-import-not-at-top
   from jaxtrain.study import report  # pylint: disable=g-import-not-at-top
   runner.check_workdir(args.workdir)
+  watcher = preemption.installed()
   with lease.held(args.workdir):  # one run per workdir; exits 2 naming the holder
-    records = run(config, args.workdir, watcher=preemption.installed())
+    records = run(config, args.workdir, watcher=watcher)
+  if watcher is not None and watcher.stopped_at is not None:
+    # A stop has little time (a preemption notice): the report can wait.
+    if jax.process_index() == 0:
+      print(f"`jaxtrain report {args.workdir}` reports the finished trials.")
+    return 0  # the CLI exits 128 + the signal number
   # Only process 0 wrote results.json: on a pod with a local --workdir the other
   # workers have none to report from.
   if records and jax.process_index() == 0:

@@ -24,12 +24,12 @@ TRICKY = ["--config.data.name=it's \"quoted\" $(echo no) `no` * ;",
           "--config.sharding.rules=[('batch', ('data', 'fsdp'))]"]
 
 FAKES = {
-    # srun: records its arguments; runs until SIGTERM (then exit 0, as jaxtrain
+    # srun: records its arguments; runs until SIGTERM (then exit 143, as jaxtrain
     # does after its checkpoint) or FAKE_SRUN_SECONDS, then exits FAKE_SRUN_RC.
     "srun": r"""#!/usr/bin/env bash
 printf '%s\0' "$@" > "$FAKE_DIR/srun.args"
 echo $$ > "$FAKE_DIR/srun.pid"
-trap 'echo TERM > "$FAKE_DIR/srun.term"; exit 0' TERM
+trap 'echo TERM > "$FAKE_DIR/srun.term"; exit 143' TERM
 for ((i = 0; i < ${FAKE_SRUN_SECONDS:-30} * 10; i++)); do sleep 0.1; done
 exit "${FAKE_SRUN_RC:-0}"
 """,
@@ -158,7 +158,7 @@ def test_near_the_time_limit_jaxtrain_gets_sigterm_and_the_job_is_requeued(
     time.sleep(0.05)
   proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 delivers
   _, err = proc.communicate(timeout=30)
-  assert proc.returncode == 0, err
+  assert proc.returncode == 143, err  # jaxtrain's: stopped by SIGTERM, saved
   assert (tmp_path / "srun.term").exists()
   assert _recorded(tmp_path, "scancel") == ["--signal=TERM", "77"]
   assert _recorded(tmp_path, "scontrol") == ["requeue", "77"]
@@ -275,7 +275,7 @@ CHILD = """
 import pathlib, signal, sys, time
 def stop(*_):
     pathlib.Path(sys.argv[1]).write_text("TERM")
-    sys.exit(0)  # jaxtrain: checkpoint saved, exit 0
+    sys.exit(143)  # jaxtrain: checkpoint saved, exit 128 + SIGTERM
 signal.signal(signal.SIGTERM, stop)
 pathlib.Path(sys.argv[1] + ".up").write_text("up")
 time.sleep(float(sys.argv[2]))
