@@ -36,3 +36,19 @@ def gcs():
       yield emulator
   finally:
     emulator.close()
+
+
+# `pytest -m quick` (README.md): a subset of about a minute to run while working:
+# config and CLI errors, optimizers, losses, models, steps and one short run.
+QUICK = ("test_cli_startup.py", "optim/", "test_losses.py", "test_step.py",
+         "models/test_model_forward.py", "models/test_model_registry.py",
+         "data/test_data_transforms.py", "test_console.py", "test_public_api.py",
+         "test_api_docs.py")
+
+
+def pytest_collection_modifyitems(items):
+  here = os.path.dirname(os.path.abspath(__file__))
+  for item in items:
+    path = os.path.relpath(str(item.path), here).replace(os.sep, "/")
+    if path.startswith(QUICK):
+      item.add_marker(pytest.mark.quick)
