@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 import time
 from typing import Any, Callable
 
@@ -95,6 +96,7 @@ class Loop:
     self.clock = clock or _NoClock()
     self._compiled = False
     self._next_stop = 0
+    self._stop_lock = threading.RLock()  # re-entered by a handler in this thread
     self._window = (0.0, 0.0)  # (wall clock, compile seconds) at the window's start
     self.finished = False  # ran to the end (or stopped early on its metric)
 
@@ -129,9 +131,11 @@ class Loop:
       state, sums = self._advance(state, sums, n)
       step += n
       self._bound_in_flight(state, sums)
-      # A signal at the last step stops nothing: the run is complete.
-      stopping = step < total and self.watcher.should_stop(step)
-      self._next_stop = step + self._block_length(step, end) if step < end else step
+      with self._stop_lock:  # the watcher's answer names the step decided here
+        # A signal at the last step stops nothing: the run is complete.
+        stopping = step < total and self.watcher.should_stop(step)
+        self._next_stop = (step + self._block_length(step, end)
+                           if step < end and not stopping else step)
       values = {}
       if step % self.cfg.train.log_every == 0 or step == total:
         values = self._train_values(sums, step, last)
@@ -257,7 +261,8 @@ class Loop:
       if many:
         return ("finishing the current step (every process stops at the same one) "
                 "and saving a checkpoint")
-      return f"finishing step {self._next_stop} and saving a checkpoint"
+      with self._stop_lock:
+        return f"finishing step {self._next_stop} and saving a checkpoint"
 
     self.watcher.describe_stop = describe
 
