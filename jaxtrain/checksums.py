@@ -47,7 +47,7 @@ try:
 except ImportError:  # a bare environment: the stdlib's CRC-32, 7x slower
   _HASHES = {"crc32": zlib.crc32}
 ALGORITHM = next(iter(_HASHES))  # the one new records use
-PIECE_BYTES = 8 << 20  # pieces hash in parallel and locate damage more closely
+PIECE_BYTES = 8 << 20  # a mismatch names a piece of at most this size
 
 Bounds = tuple[tuple[int, int], ...]  # per dimension, [start, stop)
 
@@ -131,14 +131,18 @@ def record(tree: Any, data_state: Any = None) -> dict[str, Any]:
     else:
       continue
     row = leaf.dtype.itemsize * int(np.prod(leaf.shape[1:], dtype=np.int64))
-    for data, outer in shards:
-      jobs += [(name, data, outer, piece) for piece in _pieces(outer, row)]
-  hashes = _pool().map(lambda j: array_hash(_local(np.asarray(j[1]), j[2], j[3])),
-                       jobs)
+    jobs += [(name, data, outer, list(_pieces(outer, row))) for data, outer in shards]
+
+  def hash_shard(job) -> list[int]:
+    _, data, outer, pieces = job
+    host = np.asarray(data)  # one device-to-host copy per shard (none on CPU)
+    return [array_hash(_local(host, outer, piece)) for piece in pieces]
+
   arrays: dict[str, list[dict[str, Any]]] = {}
-  for (name, _, _, piece), value in zip(jobs, hashes):
-    arrays.setdefault(name, []).append({"slice": [list(b) for b in piece],
-                                        "hash": value})
+  for (name, _, _, pieces), values in zip(jobs, _pool().map(hash_shard, jobs)):
+    arrays.setdefault(name, []).extend(
+        {"slice": [list(b) for b in piece], "hash": value}
+        for piece, value in zip(pieces, values))
   out: dict[str, Any] = {"algorithm": ALGORITHM, "arrays": arrays}
   if data_state is not None and jax.process_index() == 0:
     out["data"] = json_hash(data_state)

@@ -61,7 +61,9 @@ def _reference(values, record, hash_fn=xxhash.xxh3_64_intdigest):
   return out
 
 
-def test_record_holds_the_hash_of_every_saved_slice_once():
+@pytest.mark.parametrize("piece_bytes", [checksums.PIECE_BYTES, 30])
+def test_record_holds_the_hash_of_every_saved_slice_once(piece_bytes, monkeypatch):
+  monkeypatch.setattr(checksums, "PIECE_BYTES", piece_bytes)  # 30: a row a piece
   mesh = jax.make_mesh((4, 2), ("a", "b"))
   values = _values()
   tree = _place(values, mesh, {"f32": P("a", "b"), "bf16": P("b"), "i32": P("a")})
