@@ -39,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxtrain import ema as ema_lib
 from jaxtrain import runner
-from jaxtrain.data import builders, tfds_source, transforms
+from jaxtrain.data import builders, sources, tfds_source, transforms
 from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import collectives
 from jaxtrain.parallel import mesh as mesh_lib
@@ -191,6 +191,8 @@ def compile_config(config: ml_collections.ConfigDict, target: Target
   data.source, data.train_transforms, data.eval_transforms = (
       "synthetic", "|".join(batch_ops), "")
   data.synthetic.image_shape, data.synthetic.num_classes = shape, num_classes
+  for key in ("data_dir", "image_key", "label_key"):  # read by tfds sources only
+    data[key] = sources.default_config()[key]
   if c.train.num_epochs:
     notes.append(f"steps: the split size is unknown here, so the schedule uses "
                  f"train.num_steps={c.train.num_steps} (memory and FLOPs do not "

@@ -73,10 +73,13 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def restore_latest(self, abstract_state: Any, data_iter: Any,
-                     report: Callable[[str], None]) -> tuple[Any, int] | None:
+                     report: Callable[[str], None],
+                     changed: str = "") -> tuple[Any, int] | None:
     """Restores the newest readable step; None when there is none.
 
     Steps that cannot be read are set aside (`set_aside` lists them).
+    `changed`: the config fields changed since the checkpoint was written
+    ("field old -> new, ..."), named when its tree does not fit.
 
     Raises:
       CheckpointMismatchError: the newest readable step holds a different model.
@@ -87,7 +90,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e, report)
         continue
-      _check_same_tree(step, saved, abstract_state)
+      _check_same_tree(step, saved, abstract_state, changed)
       try:
         return self.restore(step, abstract_state, data_iter, report), step
       except Exception as e:  # pylint: disable=broad-except
@@ -257,6 +260,37 @@ def describe_intact(workdir: str) -> str:
   return f"the checkpoint at step {max(steps)} in {directory} is intact"
 
 
+def checkpoint_dir(workdir: str) -> str:
+  """`workdir/checkpoints` as the Checkpointer names it (gs:// URLs kept as given)."""
+  base = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
+  return f"{base}/checkpoints"
+
+
+def saved_config(workdir: str) -> tuple[int, dict[str, Any]] | None:
+  """(step, config) of the newest checkpoint whose config item reads; None if none.
+
+  Read-only (nothing is moved or written): run before compiling, to compare the
+  config a resumed run would continue with (`jaxtrain.resume_config`).
+  """
+  directory = checkpoint_dir(workdir)
+  if not epath.Path(directory).exists():
+    return None
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_handlers={"config": ocp.JsonCheckpointHandler()})
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore()))
+      except Exception:  # pylint: disable=broad-except
+        continue  # unreadable: restore_latest reports and sets it aside
+      return step, restored["config"]
+    return None
+  finally:
+    manager.close()
+
+
 def _path(keys) -> str:
   """'train/params/conv0/kernel' whether the tree holds dicts or dataclasses."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
@@ -268,8 +302,8 @@ def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   return {_path(p): (tuple(x.shape), str(x.dtype)) for p, x in flat}
 
 
-def _check_same_tree(step: int, saved: Any, target: Any) -> None:
-  """Raises CheckpointMismatchError naming the first differences."""
+def _check_same_tree(step: int, saved: Any, target: Any, changed: str = "") -> None:
+  """Raises CheckpointMismatchError naming the first differences and their cause."""
   have, want = _shapes(saved), _shapes(target)
   diffs = [f"{k} missing in checkpoint" for k in want if k not in have]
   diffs += [f"{k} only in checkpoint" for k in have if k not in want]
@@ -278,11 +312,16 @@ def _check_same_tree(step: int, saved: Any, target: Any) -> None:
   if diffs:
     shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4
                                     else "")
+    # Only the optimizer state differs: the optimizer changed, not the model.
+    what = ("holds the state of another optimizer" if all(
+        d.startswith("train/opt_state/") for d in diffs) else
+            "was written for a different model or shape")
+    cause = f"; changed since then: {changed}" if changed else ""
     raise CheckpointMismatchError(
         "checkpoint.restore", "auto",
-        f"the checkpoint at step {step} was written for a different model or shape "
-        f"({shown}); use a new --workdir, or --config.checkpoint.restore=never to "
-        "train from scratch in this one")
+        f"the checkpoint at step {step} {what} ({shown}){cause}; "
+        "use a new --workdir, or --config.checkpoint.restore=never to train from "
+        "scratch in this one")
 
 
 def abstract_like(state: Any) -> Any:

@@ -89,11 +89,21 @@ def capture_diagnostics(args: argparse.Namespace) -> None:
   peers.watch(lambda: checkpoint.describe_intact(args.workdir))
 
 
+def _train_only_flags(p: argparse.ArgumentParser) -> None:
+  _train_flags(p)
+  p.add_argument("--allow_config_change", default="", metavar="FIELD,...",
+                 help="resume although these config fields (or sections, e.g. "
+                 "optimizer) differ from the checkpoint's config, e.g. "
+                 "train.num_steps to train longer; other changed fields that alter "
+                 "the result are refused")
+
+
 def _train(args: argparse.Namespace, config: Any) -> int:
   init_distributed(args)
   capture_diagnostics(args)
   from jaxtrain import runner  # pylint: disable=g-import-not-at-top
-  runner.train(config, args.workdir, name=args.config)
+  allow = [f for f in args.allow_config_change.split(",") if f]
+  runner.train(config, args.workdir, name=args.config, allow_config_change=allow)
   return 0
 
 
@@ -170,7 +180,7 @@ def _commands() -> list[Command]:
 
   return [
       Command("train", "train (or resume) an experiment in --workdir",
-              _train_flags, _train, saves_on_signal=True),
+              _train_only_flags, _train, saves_on_signal=True),
       Command("compile", "compile the train step for a TPU topology without the "
               "hardware: memory per device vs HBM, FLOPs, collectives",
               _compile_flags, compile_),
@@ -223,7 +233,7 @@ def load_config(spec: str, overrides: Sequence[str]):
   from jaxtrain import config as config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(spec)
   config_lib.apply_overrides(config, overrides)
-  return config_lib.validate(config)
+  return config_lib.validate(config, given=config_lib.overridden(overrides))
 
 
 def init_distributed(args: argparse.Namespace) -> None:

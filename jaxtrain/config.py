@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import inspect
 import math
 import os
 import types
@@ -121,10 +122,53 @@ def load(spec: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise ConfigError("--config", spec, "no such experiment file; pass "
                       "--config=experiments/<name>.py")
-  module = load_module(path)
-  if not hasattr(module, "get_config"):
+  try:
+    module = load_module(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError("--config", spec, f"importing it failed: {_where(e, path)}; "
+                      "fix the experiment file") from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
     raise ConfigError("--config", spec, "an experiment file must define get_config()")
-  return module.get_config(arg) if arg else module.get_config()
+  if arg and not _takes_an_argument(get_config):
+    raise ConfigError("--config", spec, f"get_config() in {path} takes no argument; "
+                      f"drop ':{arg}' or define get_config(arg=None)")
+  try:
+    config = get_config(arg) if arg else get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    call = f"get_config({arg!r})" if arg else "get_config()"
+    raise ConfigError("--config", spec, f"{call} raised {_where(e, path)}; fix the "
+                      "experiment file or its argument") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError("--config", spec, f"get_config() returned a "
+                      f"{type(config).__name__}, not an ml_collections.ConfigDict; "
+                      "start it from jaxtrain.config.base_config()")
+  return config
+
+
+def _where(error: Exception, path: str) -> str:
+  """'TypeError: message (file.py line N)': one line, at the experiment file's
+  innermost line in the traceback (or the syntax error's)."""
+  line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
+  tb = error.__traceback__
+  while tb is not None:
+    if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+      line = tb.tb_lineno
+    tb = tb.tb_next
+  text = error.msg if isinstance(error, SyntaxError) else str(error)
+  message = (text.strip().splitlines() or [""])[0][:300]
+  at = f" ({os.path.basename(path)} line {line})" if line else ""
+  return f"{type(error).__name__}: {message}{at}"
+
+
+def _takes_an_argument(fn: Any) -> bool:
+  try:
+    inspect.signature(fn).bind("arg")
+    return True
+  except TypeError:
+    return False
+  except ValueError:  # no signature (a builtin): let the call decide
+    return True
 
 
 def load_module(path: str) -> types.ModuleType:
@@ -167,6 +211,11 @@ def apply_overrides(config: ml_collections.ConfigDict,
       raise ConfigError(key, None, "an override needs a value: --config.a.b=VALUE")
     _set_field(config, key, raw)
   return config
+
+
+def overridden(overrides: Sequence[str]) -> list[str]:
+  """The dotted fields that `a.b=value` override strings set."""
+  return [item.partition("=")[0] for item in overrides]
 
 
 def _set_field(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
@@ -255,11 +304,16 @@ def _parse(raw: str, old: Any) -> Any:
     return raw
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def validate(config: ml_collections.ConfigDict,
+             given: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Checks every section before anything compiles.
+
+  A field read only under a condition that is off (`jaxtrain.unread_fields`) must
+  keep its default, and is refused when `given` names it.
 
   Args:
     config: a full experiment config (from `base_config` or `load`).
+    given: dotted fields set on the command line (``"train.num_steps"``).
 
   Returns:
     `config`, unchanged.
@@ -291,14 +345,39 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check_keys(config.optimizer, optim_defaults.default_config(), "optimizer.",
               skip={"schedule", "kwargs"})
   sources.validate(config.data)
+  _check_unread(config, base, given)  # plain values, before JAX is imported
   _check_model(config)
   _check_distill(config)
   from jaxtrain import losses  # pylint: disable=g-import-not-at-top
   losses.check_config(config)
+  _check_unread_model_options(config, given)
   return config
 
 
+def _check_unread(config, base, given: Sequence[str]) -> None:
+  """Fields whose condition is off keep their defaults (jaxtrain.unread_fields):
+  train, data, distill and the optimizer (plain values, no JAX)."""
+  from jaxtrain import unread_fields  # pylint: disable=g-import-not-at-top
+  from jaxtrain.optim import defaults as optim_defaults  # pylint: disable=g-import-not-at-top
+  from jaxtrain.optim import unread_fields as optim_unread  # pylint: disable=g-import-not-at-top
+  unread_fields.check_run(config, base, given)
+  optim_unread.check(optim_defaults.merged_section(config.optimizer),
+                     optim_defaults.default_config(),
+                     {g[len("optimizer."):] for g in given
+                      if g.startswith("optimizer.")})
+
+
+def _check_unread_model_options(config, given: Sequence[str]) -> None:
+  from jaxtrain import unread_fields  # pylint: disable=g-import-not-at-top
+  unread_fields.check_model_options(config, given)
+
+
 def _check_keys(config, base, prefix, skip=()) -> None:
+  for key in base.keys():
+    if key not in config:
+      raise ConfigError(prefix + key, None, "missing; an experiment's get_config() "
+                        "starts from jaxtrain.config.base_config(), which has every "
+                        "field")
   for key in config.keys():
     if key in skip:
       continue

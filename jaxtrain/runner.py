@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,7 @@ from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
 from jaxtrain import loop as loop_lib
 from jaxtrain import preemption
+from jaxtrain import resume_config
 from jaxtrain import teacher as teacher_lib
 from jaxtrain.loop import TrainingHalted  # noqa: F401  (public: runner.TrainingHalted)
 from jaxtrain.state import TrainState, abstract_train_state, create_train_state
@@ -93,9 +94,7 @@ def build(config: ml_collections.ConfigDict,
   plan = _batch_plan(config, mesh)
   train_source = sources.get_source(config.data, config.data.train_split)
   eval_source = sources.get_source(config.data, config.data.eval_split)
-  total = config.train.num_steps
-  if config.train.num_epochs:
-    total = plan.steps_for_rows(config.train.num_epochs * len(train_source))
+  total = total_steps(config, plan, len(train_source))
   policy = precision.make_policy(config.precision.compute_dtype)
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
   model = models.get_model(config.model.name, num_classes=train_source.num_classes,
@@ -110,6 +109,14 @@ def build(config: ml_collections.ConfigDict,
   if config.train.early_stopping.metric:
     _check_monitored_metric(exp)
   return exp
+
+
+def total_steps(config: ml_collections.ConfigDict, plan: batch_plan.BatchPlan,
+                train_size: int) -> int:
+  """`train.num_steps`, or with `train.num_epochs` > 0 the steps its rows take."""
+  if config.train.num_epochs:
+    return plan.steps_for_rows(config.train.num_epochs * train_size)
+  return config.train.num_steps
 
 
 def _batch_plan(config: ml_collections.ConfigDict,
@@ -161,8 +168,9 @@ def _check_input_shapes(config: ml_collections.ConfigDict, model: nn.Module,
                         "with global pooling (e.g. resnet18)") from None
 
 
-def _check_monitored_metric(exp: Experiment) -> None:
-  """The early-stopping metric must be one the eval step reports (traced only)."""
+def eval_metric_names(exp: Experiment) -> list[str]:
+  """The metrics the eval step reports, e.g. ['accuracy', 'loss', ...] (traced with
+  `jax.eval_shape`, nothing compiled)."""
   c = exp.config
   abstract, _ = abstract_train_state(exp.model, exp.tx, exp.train_source.image_shape,
                                      c.seed, exp.mesh, c.sharding.rules)
@@ -172,9 +180,14 @@ def _check_monitored_metric(exp: Experiment) -> None:
            "mask": jax.ShapeDtypeStruct(shape[:1], jnp.float32)}
   with sharding.activate(exp.mesh, c.sharding.rules):
     names = jax.eval_shape(_eval_step(exp), abstract, batch)
+  return [n for n in names if n != "count"]
+
+
+def _check_monitored_metric(exp: Experiment) -> None:
+  """The early-stopping metric must be one the eval step reports (traced only)."""
   prefixes = ("eval", "eval_ema") if exp.ema else ("eval",)
-  known = [f"{p}/{n}" for p in prefixes for n in names if n != "count"]
-  metric = c.train.early_stopping.metric
+  known = [f"{p}/{n}" for p in prefixes for n in eval_metric_names(exp)]
+  metric = exp.config.train.early_stopping.metric
   if metric not in known:
     raise ConfigError("train.early_stopping.metric", metric,
                       "not a metric the evaluation reports", choices=known)
@@ -334,11 +347,13 @@ def check_workdir(workdir: str) -> None:
 
 
 def _restore(exp: Experiment, ckpt: checkpoint_lib.Checkpointer, state, sums,
-             data_iter, writer: metrics_lib.Writer) -> tuple[TrainState, Any]:
+             data_iter, writer: metrics_lib.Writer,
+             resume: resume_config.Resume | None) -> tuple[TrainState, Any]:
   mode = exp.config.checkpoint.restore
   target = checkpoint_lib.abstract_like({"train": state, "metrics": sums})
+  changed = resume.describe() if resume else ""
   found = None if mode == "never" else ckpt.restore_latest(target, data_iter,
-                                                           writer.message)
+                                                           writer.message, changed)
   if found is None:
     unusable = (f"no usable checkpoint in {ckpt.directory} (steps "
                 f"{', '.join(map(str, ckpt.set_aside))} cannot be read)"
@@ -352,6 +367,9 @@ def _restore(exp: Experiment, ckpt: checkpoint_lib.Checkpointer, state, sums,
     return state, sums
   restored, step = found
   writer.message(f"Resumed from the checkpoint at step {step} in {ckpt.directory}")
+  if resume is not None:
+    for line in resume.log_lines():
+      writer.message(line)
   return restored["train"], restored["metrics"]
 
 
@@ -424,7 +442,8 @@ def _summarize(exp: Experiment, workdir: str, writer: metrics_lib.Writer,
 
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: list[jax.Device] | None = None,
-          stop_at: int | None = None, name: str = "") -> TrainResult:
+          stop_at: int | None = None, name: str = "",
+          allow_config_change: Sequence[str] = ()) -> TrainResult:
   """Trains (or resumes) the experiment in `workdir`.
 
   Process 0 prints a header (experiment, devices and mesh, parameters, workdir)
@@ -437,6 +456,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     devices: devices of the mesh (default: all).
     stop_at: stop after this step with a checkpoint, as a preempted run would.
     name: what the header calls the experiment (the CLI: the --config file).
+    allow_config_change: fields (or sections) that may differ from the config
+      saved in the checkpoint being resumed; any other change of a field that
+      changes the result is refused (`jaxtrain.resume_config`).
 
   Returns:
     The final state and metrics; with `train.early_stopping` (and `restore_best`)
@@ -447,17 +469,20 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   exp = build(config, devices)
   check_workdir(workdir)
   with lease_lib.held(workdir):  # one run per workdir; exits 2 naming the holder
+    # Before the header: a refused resume is the run's only output.
+    resume = resume_config.check_workdir(exp, workdir, allow_config_change)
     if jax.process_index() == 0:
       print("\n".join(console.header(exp, workdir, name)), flush=True)
     clock = console.CompileClock()
     try:
-      return _train_held(exp, workdir, stop_at, clock, start)
+      return _train_held(exp, workdir, stop_at, clock, start, resume)
     finally:
       clock.close()
 
 
 def _train_held(exp: Experiment, workdir: str, stop_at: int | None,
-                clock: console.CompileClock, start: float) -> TrainResult:
+                clock: console.CompileClock, start: float,
+                resume: resume_config.Resume | None) -> TrainResult:
   """`train`, once the workdir is checked and this run holds its lease."""
   config = exp.config
   rules = config.sharding.rules
@@ -481,7 +506,7 @@ def _train_held(exp: Experiment, workdir: str, stop_at: int | None,
   try:
     with sharding.activate(exp.mesh, rules):
       train_fn, eval_fn, init_sums = make_jitted_steps(exp, state, shardings)
-      state, sums = _restore(exp, ckpt, state, init_sums(), host, writer)
+      state, sums = _restore(exp, ckpt, state, init_sums(), host, writer, resume)
       old_log = _truncate_log(workdir, int(state.step), keep_old=bool(ckpt.set_aside))
       if old_log:
         writer.message(f"The previous metrics.jsonl is kept as {old_log}")

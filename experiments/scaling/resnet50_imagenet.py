@@ -103,4 +103,5 @@ def _runlocal(c) -> None:
   s.warmup_epochs = (0.5,)
   s.max_epochs = 0.0
   s.max_steps = 3
-  s.eval_every = 3
+  s.eval_every = 3  # steps, instead of eval_every_epochs (back to its default)
+  s.eval_every_epochs = study_defaults().eval_every_epochs

@@ -9,7 +9,7 @@ a CPU.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,10 @@ class CNN(nn.Module):
     kernel_init: `jaxtrain.models.initializers` name of the conv and hidden dense
       kernels (default: Flax's He normal, truncated); the head stays LeCun normal.
   """
+  # Options read only when another one says so (jaxtrain.unread_fields).
+  UNREAD_UNLESS: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {
+      f: ("use_bn", (True,)) for f in ("bn_group_size", "bn_momentum", "bn_epsilon")}
+
   num_classes: int
   features: Sequence[int] = (32, 64)
   hidden: int = 128

@@ -63,6 +63,11 @@ def _lookup(name: str) -> type[nn.Module]:
   return _REGISTRY[name]
 
 
+def model_class(name: str) -> type[nn.Module]:
+  """The Module class registered as `name` (raises ConfigError naming model.name)."""
+  return _lookup(name)
+
+
 def model_kwargs(name: str) -> dict[str, Any]:
   """Options accepted by model `name`, mapped to their defaults (or `REQUIRED`)."""
   fields = dataclasses.fields(_lookup(name))

@@ -169,6 +169,11 @@ class ResNet(nn.Module):
   """
   stage_sizes: ClassVar[Sequence[int]] = ()
   block_cls: ClassVar[type[_Block]] = BottleneckBlock
+  # Options read only when another one says so (jaxtrain.unread_fields).
+  UNREAD_UNLESS: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {
+      **{f: ("normalization", ("batch",))
+         for f in ("bn_group_size", "bn_momentum", "bn_epsilon")},
+      "norm_groups": ("normalization", ("group",))}
 
   num_classes: int
   small_inputs: bool = False

@@ -10,6 +10,7 @@ Every optimizer is an Optax `GradientTransformation` (it drops into `optax.chain
   masks                 regex masks over parameter paths and the transforms using
                         them (LR multipliers, L1/L2, parameter EMA)
   schedule_config       config.optimizer.schedule -> schedule
+  unread_fields         fields the chosen optimizer/schedule does not read: refused
   build                 config.optimizer -> (tx, lr_schedule)
   defaults              the config.optimizer section (plain data, no JAX)
 

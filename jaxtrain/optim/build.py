@@ -34,6 +34,8 @@ from jaxtrain.optim import schedule_config
 from jaxtrain.optim import sign
 from jaxtrain.optim import sign_decay
 from jaxtrain.optim.defaults import default_config  # noqa: F401  (optim.default_config)
+from jaxtrain.optim.defaults import merged_section
+from jaxtrain.optim import unread_fields
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
               "adamw", "lamb", "lars", "addsign", "powersign")
@@ -206,25 +208,6 @@ def mask_summary(opt_config: ml_collections.ConfigDict,
   return rows
 
 
-def _merged(opt_config: Any, defaults: ml_collections.ConfigDict,
-            prefix: str) -> ml_collections.ConfigDict:
-  """defaults updated with opt_config; unknown keys and wrong types -> ConfigError."""
-  merged = ml_collections.ConfigDict(defaults.to_dict())
-  for key, value in dict(opt_config.items()).items():
-    field = f"{prefix}.{key}"
-    if key not in defaults:
-      raise ConfigError(field, value, "unknown field", defaults.keys())
-    if isinstance(defaults[key], ml_collections.ConfigDict):
-      merged[key] = _merged(value, defaults[key], field)
-      continue
-    try:
-      merged[key] = value
-    except (TypeError, ValueError) as e:
-      raise ConfigError(field, value, f"expected {type(defaults[key]).__name__}"
-                        ) from e
-  return merged
-
-
 def _check(field: str, value: Any, ok: bool, fix: str) -> None:
   if not ok:
     raise ConfigError(f"optimizer.{field}", value, fix)
@@ -241,7 +224,7 @@ def _check_regex(field: str, pattern: Any) -> None:
 def _validate(opt_config: Any, total_steps: int | None,
               batch_size: int | None) -> ml_collections.ConfigDict:
   """Checks every field (before anything compiles); returns the full config."""
-  c = _merged(opt_config, default_config(), "optimizer")
+  c = merged_section(opt_config)
   for field, choices in (("name", OPTIMIZERS), ("sign_decay", SIGN_DECAYS),
                          ("mu_dtype", MU_DTYPES), ("lr_scaling", LR_SCALING)):
     if c[field] not in choices:
@@ -272,6 +255,7 @@ def _validate(opt_config: Any, total_steps: int | None,
         rule[1], (int, float)) and rule[1] >= 0,
            "expected a (regex, multiplier >= 0) pair")
     _check_regex(f"lr_multipliers[{i}]", rule[0])
+  unread_fields.check(c, default_config())
   if total_steps is not None:
     _check_run(c, total_steps, batch_size)
   return c

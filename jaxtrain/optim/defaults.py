@@ -7,8 +7,11 @@ JAX is imported); `build` and `schedule_config` read these sections.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import ml_collections
+
+from jaxtrain.errors import ConfigError
 
 
 def schedule_defaults() -> ml_collections.ConfigDict:
@@ -93,3 +96,27 @@ def default_config() -> ml_collections.ConfigDict:
   c.freeze = ()                # (regex, ...): matching params are never updated
   c.schedule = schedule_defaults()
   return c
+
+
+def merged_section(opt_config: Any) -> ml_collections.ConfigDict:
+  """`default_config()` updated with `opt_config` (unknown keys -> ConfigError)."""
+  return _merged(opt_config, default_config(), "optimizer")
+
+
+def _merged(opt_config: Any, defaults: ml_collections.ConfigDict,
+            prefix: str) -> ml_collections.ConfigDict:
+  """defaults updated with opt_config; unknown keys and wrong types -> ConfigError."""
+  merged = ml_collections.ConfigDict(defaults.to_dict())
+  for key, value in dict(opt_config.items()).items():
+    field = f"{prefix}.{key}"
+    if key not in defaults:
+      raise ConfigError(field, value, "unknown field", defaults.keys())
+    if isinstance(defaults[key], ml_collections.ConfigDict):
+      merged[key] = _merged(value, defaults[key], field)
+      continue
+    try:
+      merged[key] = value
+    except (TypeError, ValueError) as e:
+      raise ConfigError(field, value, f"expected {type(defaults[key]).__name__}"
+                        ) from e
+  return merged

@@ -123,9 +123,11 @@ def load(spec: str, overrides: Sequence[str], require_study: bool = True
   config = config_lib.load(spec)
   config_lib.apply_overrides(config, overrides)
   experiment, study = split(config)
-  config_lib.validate(experiment)
+  given = config_lib.overridden(overrides)
+  config_lib.validate(experiment, given=[g for g in given if not g.startswith("study.")])
   if study is not None:
-    validate_study(study)
+    validate_study(study, given)
+    _check_given_optimizer_fields(experiment, study, given)
   elif require_study:
     raise ConfigError("--config", spec, "a sweep needs a study: set config.study "
                       "(from jaxtrain.study.grid.study_defaults()) in get_config()")
@@ -171,8 +173,13 @@ def _check_keys(node: ml_collections.ConfigDict, allowed: ml_collections.ConfigD
       _check_keys(node[key], allowed[key], f"{prefix}{key}.")
 
 
-def validate_study(study: ml_collections.ConfigDict) -> None:
-  """Checks every field of the study section; raises ConfigError naming it."""
+def validate_study(study: ml_collections.ConfigDict,
+                   given: Sequence[str] = ()) -> None:
+  """Checks every field of the study section; raises ConfigError naming it.
+
+  `given`: dotted fields set on the command line (``"study.lr_grid"``); a field
+  the study would not read is refused when given, or when off its default.
+  """
   from jaxtrain import optim  # pylint: disable=g-import-not-at-top
   from jaxtrain.study import targets  # pylint: disable=g-import-not-at-top
   _check_keys(study, study_defaults(), "study.", skip=("optimizer_configs",))
@@ -215,6 +222,28 @@ def validate_study(study: ml_collections.ConfigDict) -> None:
       _fail(field, study[field], "use a finite number >= 0")
   if not study.eval_every and not study.eval_every_epochs:
     _fail("eval_every", 0, "set eval_every (steps) or eval_every_epochs > 0")
+  from jaxtrain.optim import unread_fields  # pylint: disable=g-import-not-at-top
+  unread_fields.check_rules(study, study_defaults(), _unread_rules(), "study.",
+                            {g[len("study."):] for g in given if g.startswith("study.")})
+
+
+def _unread_rules() -> tuple[Any, ...]:
+  """Study fields read only under a condition (`jaxtrain.unread_fields`)."""
+  from jaxtrain.optim.unread_fields import Rule  # pylint: disable=g-import-not-at-top
+  grid_only = [Rule(f, lambda s: s.lr_rule == "grid",
+                    lambda s: f"study.lr_rule={s.lr_rule!r} tries no grid",
+                    "set study.lr_rule=grid") for f in ("lr_grid", "lr_grid_center")]
+  return (*grid_only,
+          Rule("base_batch_size", lambda s: not (
+              s.lr_rule == "grid" and s.lr_grid_center == "none"),
+               lambda s: "study.lr_grid_center='none' scales nothing",
+               "set study.lr_grid_center to linear or sqrt"),
+          Rule("eval_every_epochs", lambda s: not s.eval_every,
+               lambda s: f"study.eval_every={s.eval_every} (steps) counts instead",
+               "set study.eval_every=0 to count in epochs", off=(0,)),
+          Rule("max_trials_per_group", lambda s: s.vectorize,
+               lambda s: "study.vectorize=False runs trials one by one",
+               "set study.vectorize=True"))
 
 
 def learning_rates(study: ml_collections.ConfigDict, base_lr: float,
@@ -251,11 +280,54 @@ def _merge(target: ml_collections.ConfigDict,
 
 
 def optimizer_section(experiment, study, label: str) -> ml_collections.ConfigDict:
+  """The experiment's optimizer section with `label`'s fields merged over it.
+
+  Fields the experiment set that `label`'s optimizer or schedule does not read
+  (the experiment's momentum for an Adam trial) go back to their defaults; fields
+  `study.optimizer_configs[label]` sets are kept, and refused by `optim.build` if
+  unread (`jaxtrain.optim.unread_fields`).
+  """
+  from jaxtrain import optim  # pylint: disable=g-import-not-at-top
+  from jaxtrain.optim import unread_fields  # pylint: disable=g-import-not-at-top
   section = copy.deepcopy(experiment.optimizer)
   section.name = label
-  if label in study.optimizer_configs:
-    _merge(section, study.optimizer_configs[label])
+  own = study.optimizer_configs.get(label)
+  if own is not None:
+    _merge(section, own)
+  unread_fields.reset(section, optim.default_config(), keep=_paths(own or {}))
   return section
+
+
+def _paths(node: Any, prefix: str = "") -> set[str]:
+  """The dotted paths of a section's leaves."""
+  out = set()
+  for key, value in node.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out |= _paths(value, f"{prefix}{key}.")
+    else:
+      out.add(prefix + key)
+  return out
+
+
+def _check_given_optimizer_fields(experiment, study, given: Sequence[str]) -> None:
+  """An optimizer field set on the command line must reach some trial: not every
+  label may override it (study.optimizer_configs) or not read it."""
+  from jaxtrain.optim import unread_fields  # pylint: disable=g-import-not-at-top
+  for path in given:
+    if not path.startswith("optimizer."):
+      continue
+    field = path[len("optimizer."):]
+    for label in study.optimizers:
+      own = study.optimizer_configs.get(label)
+      section = optimizer_section(experiment, study, label)
+      if field not in _paths(own or {}) and field not in unread_fields.unread(section):
+        break
+    else:
+      raise ConfigError(path, unread_fields.get(experiment.optimizer, field),
+                        "not used: every optimizer of the study "
+                        f"{tuple(study.optimizers)} sets its own in "
+                        "study.optimizer_configs or does not read it; set it there "
+                        "(--config.study.optimizer_configs.LABEL." + field + "=...)")
 
 
 def make_trials(config: ml_collections.ConfigDict,
@@ -290,10 +362,12 @@ def _trial_config(experiment: ml_collections.ConfigDict,
                   section: ml_collections.ConfigDict,
                   trial: Trial) -> ml_collections.ConfigDict:
   """The experiment config that runs `trial` alone (`jaxtrain train`)."""
+  from jaxtrain import optim  # pylint: disable=g-import-not-at-top
   c = copy.deepcopy(experiment)
   c.optimizer = copy.deepcopy(section)
   c.optimizer.learning_rate = trial.learning_rate
-  c.optimizer.lr_scaling = "none"  # the study applied its rule
+  c.optimizer.lr_scaling = "none"  # the study applied its rule ...
+  c.optimizer.base_batch_size = optim.default_config().base_batch_size  # ... unread
   c.optimizer.schedule.warmup_steps = trial.warmup_steps
   c.optimizer.schedule.warmup_fraction = 0.0
   if trial.momentum is not None:

@@ -38,10 +38,11 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxtrain import lease, runner, step as step_lib
+from jaxtrain import lease, optim, runner, step as step_lib
 from jaxtrain import teacher as teacher_lib
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
+from jaxtrain.optim import schedule_config
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
 from jaxtrain.state import create_train_state
@@ -64,17 +65,16 @@ def range_config(config: ml_collections.ConfigDict, min_lr: float, max_lr: float
   """The experiment config of the test: exponential LR, `num_steps` steps."""
   experiment, study = grid.split(config)
   if optimizer:
-    if study is None:
-      experiment.optimizer.name = optimizer
-    else:
-      experiment.optimizer = grid.optimizer_section(experiment, study, optimizer)
+    study = study or grid.study_defaults()
+    experiment.optimizer = grid.optimizer_section(experiment, study, optimizer)
   if not 0 < min_lr < max_lr:
     raise ConfigError("--min_lr", min_lr, f"need 0 < --min_lr < --max_lr={max_lr}")
   if num_steps < 2:
     raise ConfigError("--num_steps", num_steps, "use at least 2 steps")
   c = experiment.optimizer
   c.learning_rate, c.lr_scaling = float(min_lr), "none"
-  s = c.schedule
+  c.base_batch_size = optim.default_config().base_batch_size  # read by no rule now
+  c.schedule = s = schedule_config.schedule_defaults()  # the test's own schedule
   s.name, s.decay_rate, s.decay_steps = "exponential", max_lr / min_lr, num_steps - 1
   s.staircase, s.end_value = False, float(max_lr)
   s.warmup_steps, s.warmup_fraction = 0, 0.0

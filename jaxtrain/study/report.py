@@ -55,20 +55,27 @@ def summary_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
 
 def scaling_regimes(rows: Sequence[Mapping[str, Any]],
                     perfect: float = PERFECT_EFFICIENCY,
-                    flat: float = FLAT_GAIN) -> dict[str, dict[str, int | None]]:
+                    flat: float = FLAT_GAIN) -> dict[str, dict[str, Any]]:
   """Per optimizer: the last batch size of perfect scaling and the maximal useful one.
 
   perfect_until: the largest batch size up to which every batch size (that reached
     the target) has efficiency >= `perfect`.
   max_useful: the smallest batch size whose steps are within (1 + flat) of the
     fewest steps at any batch size >= it.
+  perfect_edge, useful_edge: "largest" or "smallest" when that boundary is the
+    largest or smallest batch size tried (that reached the target), else None: the
+    regime then goes on past the grid, or may end before it, untested.
+  next_efficiency: efficiency at the batch size after `perfect_until`, if any.
+  last_gain: the fraction of steps saved from the second-largest to the largest
+    batch size tried (None with fewer than two).
   """
   out = {}
   for opt in dict.fromkeys(r["optimizer"] for r in rows):
     ok = [r for r in rows if r["optimizer"] == opt and r["steps_to_target"]]
-    perfect_until = None
+    perfect_until, next_efficiency = None, None
     for r in ok:
       if r["efficiency"] < perfect:
+        next_efficiency = r["efficiency"]
         break
       perfect_until = r["batch_size"]
     max_useful = None
@@ -77,12 +84,50 @@ def scaling_regimes(rows: Sequence[Mapping[str, Any]],
                                                   for x in ok[i:]):
         max_useful = r["batch_size"]
         break
-    out[opt] = {"perfect_until": perfect_until, "max_useful": max_useful}
+    sizes = [r["batch_size"] for r in ok]
+    out[opt] = {"perfect_until": perfect_until, "max_useful": max_useful,
+                "perfect_edge": _edge(perfect_until, sizes),
+                "useful_edge": _edge(max_useful, sizes),
+                "next_efficiency": next_efficiency,
+                "last_gain": (1 - ok[-1]["steps_to_target"] / ok[-2]["steps_to_target"]
+                              if len(ok) > 1 else None),
+                "sizes": sizes}
   return out
+
+
+def _edge(size: int | None, sizes: Sequence[int]) -> str | None:
+  if size is None or not sizes:
+    return None
+  return "largest" if size == sizes[-1] else "smallest" if size == sizes[0] else None
 
 
 def _fmt(value: Any, spec: str = "") -> str:
   return "-" if value is None else format(value, spec)
+
+
+def _regime_line(opt: str, reg: Mapping[str, Any]) -> str:
+  """One optimizer's regimes, saying when a boundary is only the grid's edge."""
+  perfect, useful, sizes = reg["perfect_until"], reg["max_useful"], reg["sizes"]
+  if not sizes:
+    return f"- {opt}: no batch size reached the target"
+  if len(sizes) == 1:
+    return (f"- {opt}: only batch size {sizes[0]} reached the target; no regimes "
+            "can be read off one batch size")
+  text = f"- {opt}: perfect scaling up to batch size {_fmt(perfect)}"
+  if reg["perfect_edge"] == "largest":
+    text += (f" (largest tried; not reached: efficiency >= {PERFECT_EFFICIENCY} "
+             "throughout)")
+  elif reg["perfect_edge"] == "smallest":
+    text += (f" (smallest tried; efficiency is already "
+             f"{reg['next_efficiency']:.2f} at {sizes[1]})")
+  text += f"; maximal useful batch size {_fmt(useful)}"
+  if reg["useful_edge"] == "largest":
+    text += (f" (largest tried; not reached: steps still fell "
+             f"{reg['last_gain']:.0%} from {sizes[-2]} to {sizes[-1]})")
+  elif reg["useful_edge"] == "smallest":
+    text += (f" (smallest tried; larger batch sizes saved < {FLAT_GAIN:.0%} of "
+             "steps)")
+  return text
 
 
 def markdown(header: Mapping[str, Any], records: Sequence[Record]) -> str:
@@ -101,13 +146,15 @@ def markdown(header: Mapping[str, Any], records: Sequence[Record]) -> str:
         f"{_fmt(r['examples_to_target'])} | {_fmt(r['learning_rate'], '.4g')} | "
         f"{_fmt(r['warmup_steps'])} | {_fmt(r['efficiency'], '.2f')} | "
         f"{r['reached']} / {r['diverged']} / {r['trials']} | {r['wall_time_s']} |")
-  lines += ["", f"Regimes (perfect scaling: efficiency >= {PERFECT_EFFICIENCY}; "
-            f"maximal useful batch size: larger batches save < {FLAT_GAIN:.0%} of "
-            "steps):", ""]
+  lines += ["", f"Regimes (Shallue et al. 2018), over the batch sizes that reached "
+            f"the target: perfect scaling up to the largest batch size before the "
+            f"efficiency first falls below {PERFECT_EFFICIENCY}; the maximal useful "
+            f"batch size is the smallest one whose steps are within "
+            f"{FLAT_GAIN:.0%} of the fewest at any larger batch size. A boundary at "
+            "the largest or smallest batch size tried is only the grid's edge: the "
+            "regime goes on past it, or ends before it, untested.", ""]
   for opt, reg in scaling_regimes(rows).items():
-    lines.append(f"- {opt}: perfect scaling up to batch size "
-                 f"{_fmt(reg['perfect_until'])}; maximal useful batch size "
-                 f"{_fmt(reg['max_useful'])}")
+    lines.append(_regime_line(opt, reg))
   return "\n".join(lines) + "\n"
 
 

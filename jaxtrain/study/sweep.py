@@ -14,8 +14,10 @@ step budget.
 After each group `DIR/results.json` (with learning curves) and `DIR/results.csv` are
 rewritten atomically, by process 0 only, through `etils.epath` (DIR may be a local
 directory or gs://BUCKET/PATH). A re-run with the same study and workdir skips every
-trial already there (a trial's id hashes its whole config, so a changed study reruns
-only what changed); a group interrupted by SIGTERM/SIGINT is run again from its start.
+trial already there (a trial's id hashes its whole config); a group interrupted by
+SIGTERM/SIGINT is run again from its start. A re-run with another target recomputes
+steps-to-target from the stored curves; one with another experiment, other outcome
+rules or a grid that drops stored trials is refused (`rerun`).
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from etils import epath
 
 from jaxtrain import runner
 from jaxtrain.data import pipeline, sources
-from jaxtrain.study import grid, targets, vectorized
+from jaxtrain.errors import ConfigError
+from jaxtrain.study import grid, rerun, targets, vectorized
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -151,10 +154,10 @@ def run_group(trials: Sequence[grid.Trial], target: targets.Target,
     for it in iters:
       it.close()
   elapsed = time.perf_counter() - t0
-  return [_record(t, step, elapsed, len(trials), target) for t in tracks]
+  return [_record(t, step, elapsed, trials, target) for t in tracks]
 
 
-def _record(track: _Track, step: int, elapsed: float, group_size: int,
+def _record(track: _Track, step: int, elapsed: float, group: Sequence[grid.Trial],
             target: targets.Target) -> Record:
   trial = track.trial
   reached = targets.steps_to_target(track.curve, target)
@@ -166,7 +169,8 @@ def _record(track: _Track, step: int, elapsed: float, group_size: int,
           "diverged": track.diverged,
           "steps_run": int(last.get("step", step)),
           "wall_time_s": round(track.done_at or elapsed, 3),
-          "group_size": group_size,
+          "group_size": len(group),
+          "group": group[0].id,  # pruning acts within a group (rerun.reuse)
           "final": {k: v for k, v in last.items() if k != "step"},
           "curve": track.curve}
 
@@ -193,6 +197,36 @@ def _finished(trials: Sequence[grid.Trial], done: dict[str, Record]) -> list[boo
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     finished = multihost_utils.broadcast_one_to_all(finished)
   return [bool(f) for f in finished]
+
+
+def _check_target_metric(trial: grid.Trial, target: targets.Target,
+                         devices=None) -> None:
+  """The target's metric must be one the trials log (traced, nothing compiled)."""
+  names = runner.eval_metric_names(runner.build(trial.config, devices))
+  known = [*(f"eval/{n}" for n in names), *(f"train/{n}" for n in names),
+           "train/skipped", "train/nonfinite"]
+  if target.metric not in known:
+    raise ConfigError("study.target", str(target), f"the trials report no metric "
+                      f"'{target.metric}'; name one they do", choices=known)
+
+
+def _agree(check: Callable[[], None]) -> None:
+  """Runs `check` (which may raise ConfigError); on many hosts process 0's verdict
+  holds for all (only it writes results.json; the others may have none)."""
+  error = None
+  try:
+    check()
+  except ConfigError as e:
+    error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    refused = bool(multihost_utils.broadcast_one_to_all(np.asarray(error is not None)))
+    if refused and error is None:
+      raise ConfigError("--workdir", "", "process 0 refused to reuse its "
+                        "results.json (its message says why)")
+    error = error if refused else None
+  if error is not None:
+    raise error
 
 
 def use_compilation_cache(workdir: str) -> None:
@@ -238,10 +272,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
   target = targets.parse(study.target)
   train_source = sources.get_source(experiment.data, experiment.data.train_split)
   trials = grid.make_trials(config, len(train_source))
-  header = {"target": str(target), "study": study.to_dict(),
-            "num_train_examples": len(train_source)}
-  _, previous = load_results(workdir)
-  done = {r["trial"]: r for r in previous}
+  _check_target_metric(trials[0], target, devices)
+  # JSON round trip: compared with a stored header as it reads back.
+  header = json.loads(json.dumps({
+      "target": str(target), "study": study.to_dict(),
+      "experiment": experiment.to_dict(), "num_train_examples": len(train_source)}))
+  stored, previous = load_results(workdir)
+  where = str(epath.Path(workdir) / RESULTS_JSON)
+  _agree(lambda: rerun.check_same_study(stored, header, previous,
+                                        [t.id for t in trials], where))
+  done = rerun.reuse(stored, previous, target, study.stop_at_target, study.prune,
+                     log)
   todo = [t for t, finished in zip(trials, _finished(trials, done)) if not finished]
   if len(todo) < len(trials):
     log(f"Resuming: {len(trials) - len(todo)} of {len(trials)} trials already in "

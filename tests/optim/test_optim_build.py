@@ -53,8 +53,11 @@ def test_every_optimizer_builds_and_takes_a_step(name):
 
 @pytest.mark.parametrize("name", optim.SCHEDULES)
 def test_every_schedule_builds(name):
-  schedule_cfg = {"name": name, "boundaries": (50,), "scales": (0.1,),
-                  "decay_steps": 30 if name == "sgdr" else 0}
+  schedule_cfg = {"name": name}
+  if name == "piecewise":
+    schedule_cfg.update(boundaries=(50,), scales=(0.1,))
+  if name == "sgdr":
+    schedule_cfg["decay_steps"] = 30
   if name not in ("one_cycle", "linear_one_cycle"):
     schedule_cfg["warmup_steps"] = 10
   _, schedule = optim.build(cfg(learning_rate=1.0, schedule=schedule_cfg), 100)

@@ -16,7 +16,8 @@ STUDY = os.path.join(ROOT, "experiments", "scaling", "digits_cnn.py")
 OVERRIDES = ["--config.model.features=(8,)", "--config.model.hidden=16",
              "--config.study.batch_sizes=(32,)", "--config.study.optimizers=('sgd',)",
              "--config.study.lr_grid=(0.5, 1.0)", "--config.study.warmup_epochs=(0.0,)",
-             "--config.study.max_steps=10", "--config.study.eval_every=5"]
+             "--config.study.max_steps=10", "--config.study.eval_every=5",
+             "--config.study.eval_every_epochs=0"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STUDY = os.path.join(ROOT, "experiments", "scaling", "digits_cnn.py")
 OVERRIDES = ["model.features=(8,)", "model.hidden=16", "study.batch_sizes=(32,)",
              "study.optimizers=('sgd',)", "study.lr_grid=(1.0,)",
-             "study.warmup_epochs=(0.0,)", "study.max_steps=10", "study.eval_every=5"]
+             "study.warmup_epochs=(0.0,)", "study.max_steps=10", "study.eval_every=5",
+             "study.eval_every_epochs=0"]
 LR_FIND = ["--optimizer=sgd", "--min_lr=1e-3", "--max_lr=10", "--num_steps=10"]
 SWEEP_FILES = {"results.json", "results.csv", "report.md", "steps_to_target.png",
                "best_learning_rate.png", "learning_curves.png"}

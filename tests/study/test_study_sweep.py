@@ -18,7 +18,7 @@ OVERRIDES = ["model.features=(8,)", "model.hidden=16", "study.batch_sizes=(16, 3
              "study.optimizer_configs.sgd.learning_rate=0.8",
              "study.lr_grid=(0.01, 1.0, 1000.0)", "study.warmup_epochs=(0.0,)",
              "study.target=eval/accuracy >= 0.4", "study.max_steps=80",
-             "study.eval_every=5"]
+             "study.eval_every=5", "study.eval_every_epochs=0"]
 
 
 class _StopInSecondGroup:
@@ -97,3 +97,59 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(resumed):
   by_id = {r["trial"]: r for r in records}
   for r in partial:  # kept as they were, not run again
     assert by_id[r["trial"]] == r
+
+
+def _without_timing(records):
+  return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in records]
+
+
+def test_rerun_with_another_target_recomputes_from_the_stored_curves(resumed,
+                                                                     tmp_path):
+  """The issue's case: a study run for one target, re-run in the same workdir for
+  another, ends with the records a fresh run for that target writes."""
+  workdir = str(tmp_path)
+  stricter = [o for o in OVERRIDES if not o.startswith("study.target")]
+  sweep.run(grid.load(STUDY, [*stricter, "study.target=eval/accuracy >= 0.6"]),
+            workdir, log=lambda line: None)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    assert cli.main(["sweep", f"--config={STUDY}", f"--workdir={workdir}",
+                     *(f"--config.{o}" for o in OVERRIDES)]) == 0
+  out = out.getvalue()
+  assert ("Target changed from 'eval/accuracy >= 0.6' (stored) to 'eval/accuracy "
+          ">= 0.4': steps to target recomputed from the stored learning curves of "
+          "6 trial(s)") in out
+  assert not [line for line in out.splitlines() if line.startswith("[")]  # no run
+  header, records = sweep.load_results(workdir)
+  _, fresh = sweep.load_results(resumed[0])  # run for 0.4 from the start
+  assert header["target"] == "eval/accuracy >= 0.4"
+  assert _without_timing(records) == _without_timing(fresh)
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert f.readline().startswith("# Scaling study: steps to eval/accuracy >= 0.4")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.hidden=8", "another experiment config (model.hidden 16 -> 8)"),
+    ("study.batch_sizes=(32,)", "3 trial(s) not in this study's grid"),
+    ("study.divergence_loss=5.0", "study.divergence_loss 0.0 -> 5.0"),
+])
+def test_rerun_of_another_study_in_the_same_workdir_is_refused(resumed, override,
+                                                               message, capsys):
+  workdir = resumed[0]
+  before = open(os.path.join(workdir, "results.json")).read()
+  code = cli.main(["sweep", f"--config={STUDY}", f"--workdir={workdir}",
+                   *(f"--config.{o}" for o in [*OVERRIDES, override])])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert len(err.strip().splitlines()) == 1 and message in err, err
+  assert open(os.path.join(workdir, "results.json")).read() == before
+
+
+def test_a_target_on_a_metric_the_trials_do_not_report_is_refused(tmp_path, capsys):
+  code = cli.main(["sweep", f"--config={STUDY}", f"--workdir={tmp_path}",
+                   *(f"--config.{o}" for o in OVERRIDES),
+                   "--config.study.target=eval/top1 >= 0.5"])
+  err = capsys.readouterr().err
+  assert code == 2 and "config.study.target='eval/top1 >= 0.5'" in err, err
+  assert "eval/accuracy" in err
+  assert not os.path.exists(tmp_path / "results.json")
