@@ -270,25 +270,26 @@ def saved_config(workdir: str) -> tuple[int, dict[str, Any]] | None:
   """(step, config) of the newest checkpoint whose config item reads; None if none.
 
   Read-only (nothing is moved or written): run before compiling, to compare the
-  config a resumed run would continue with (`jaxtrain.resume_config`).
+  config a resumed run would continue with (`jaxtrain.resume_config`). Steps are
+  the directories Orbax finalized (named by their step; unfinished saves and
+  set-aside steps carry suffixes); the item is read by Orbax's JSON handler.
   """
-  directory = checkpoint_dir(workdir)
-  if not epath.Path(directory).exists():
+  directory = epath.Path(checkpoint_dir(workdir))
+  if not directory.exists():
     return None
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers={"config": ocp.JsonCheckpointHandler()})
+  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()),
+                 reverse=True)
+  handler = ocp.JsonCheckpointHandler()
   try:
-    for step in sorted(manager.all_steps(), reverse=True):
+    for step in steps:
       try:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore()))
+        return step, handler.restore(directory / str(step) / "config",
+                                     ocp.args.JsonRestore())
       except Exception:  # pylint: disable=broad-except
-        continue  # unreadable: restore_latest reports and sets it aside
-      return step, restored["config"]
+        continue  # unreadable: restore_latest reports it and sets it aside
     return None
   finally:
-    manager.close()
+    handler.close()
 
 
 def _path(keys) -> str:

@@ -41,6 +41,14 @@ class _QuietFileHandler(logging.FileHandler):
   def handleError(self, record: logging.LogRecord) -> None:
     del record  # Printing "--- Logging error ---" to stderr is what we avoid.
 
+  def emit(self, record: logging.LogRecord) -> None:
+    # FileHandler opens a delayed file outside its own error handling: an
+    # unwritable workdir would raise from whatever logged the record.
+    try:
+      super().emit(record)
+    except OSError:
+      pass
+
 
 def log_path(workdir: str, process_index: int = 0) -> str:
   """The log file of this process for `workdir` (local, also for gs://)."""

@@ -45,10 +45,11 @@ OVERRIDES = ["train.num_epochs=0", "train.batch_size=32", "train.log_every=2",
              "optimizer.schedule.name=constant", "optimizer.schedule.warmup_steps=0"]
 
 
-def _train(gcs: Emulator, workdir: str, num_steps: int) -> subprocess.CompletedProcess:
+def _train(gcs: Emulator, workdir: str, num_steps: int,
+           *flags: str) -> subprocess.CompletedProcess:
   cmd = [*processes.jaxtrain_cmd(), "train", f"--config={EXPERIMENT}",
          f"--workdir={workdir}", f"--config.train.num_steps={num_steps}",
-         *(f"--config.{o}" for o in OVERRIDES)]
+         *(f"--config.{o}" for o in OVERRIDES), *flags]
   proc = subprocess.run(cmd, env={**os.environ, **gcs.env}, capture_output=True,
                         text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -61,7 +62,8 @@ def runs(gcs, tmp_path_factory):
   uninterrupted run to step 8 in this process (same 8 simulated devices)."""
   first = _train(gcs, f"gs://{BUCKET}/run", 4)
   after_first = gcs.names("run/")
-  second = _train(gcs, f"gs://{BUCKET}/run", 8)
+  # Training on: deliberate (the constant LR makes it equal to one run to 8).
+  second = _train(gcs, f"gs://{BUCKET}/run", 8, "--allow_config_change=train.num_steps")
   local = str(tmp_path_factory.mktemp("local_run"))
   runner.train(cli.load_config(EXPERIMENT, ["train.num_steps=8", *OVERRIDES]), local)
   return {"first": first, "after_first": after_first, "second": second,
