@@ -271,13 +271,16 @@ def saved_config(workdir: str) -> tuple[int, dict[str, Any]] | None:
 
   Read-only (nothing is moved or written): run before compiling, to compare the
   config a resumed run would continue with (`jaxtrain.resume_config`). Steps are
-  the directories Orbax finalized (named by their step; unfinished saves and
-  set-aside steps carry suffixes); the item is read by Orbax's JSON handler.
+  the directories Orbax finalized, as `describe_intact` finds them (unfinished
+  saves and set-aside steps carry suffixes locally; on object stores a step is
+  committed once marked); the item is read by Orbax's JSON handler.
   """
   directory = epath.Path(checkpoint_dir(workdir))
   if not directory.exists():
     return None
-  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()),
+  remote = "://" in workdir  # written in place there: committed once marked
+  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()
+                  and (not remote or (p / "commit_success.txt").exists())),
                  reverse=True)
   handler = ocp.JsonCheckpointHandler()
   try:
