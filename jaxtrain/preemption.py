@@ -83,17 +83,18 @@ class PreemptionWatcher:
                      name="jaxtrain-signals").start()
 
   def _read(self, fd: int) -> None:
-    """The helper thread: one byte per signal, written by Python's C handler."""
-    while True:
-      try:
-        data = os.read(fd, 64)
-      except OSError:  # closed by `close`
-        return
-      if not data:
-        return
-      for signum in data:
-        if signum in SIGNALS:
-          self._answer(signum, hard_exit=True)
+    """The helper thread: one byte per signal, written by Python's C handler.
+
+    Ends at end of file (`close` closes the write end), closing the read end itself
+    so that no other file can take its number while it still reads.
+    """
+    try:
+      while data := os.read(fd, 64):
+        for signum in data:
+          if signum in SIGNALS:
+            self._answer(signum, hard_exit=True)
+    finally:
+      os.close(fd)
 
   def _on_signal(self, signum, frame) -> None:
     del frame
@@ -171,10 +172,9 @@ class PreemptionWatcher:
       signal.signal(sig, handler)
     self._previous = {}
     if self._wakeup is not None:
-      read_fd, write_fd, previous = self._wakeup
+      _, write_fd, previous = self._wakeup
       signal.set_wakeup_fd(previous)
-      os.close(write_fd)
-      os.close(read_fd)
+      os.close(write_fd)  # the helper thread reads end of file and stops
       self._wakeup = None
 
 

@@ -162,3 +162,26 @@ def test_ctrl_c_on_two_processes_stops_both_at_one_step_and_process_0_speaks(tmp
   assert not any(line.startswith("jaxtrain: Ctrl-C") for line in procs[1].lines if line)
   step = int(re.search(r"Stopped by \w+ after step (\d+)", procs[0].text()).group(1))
   assert _steps(tmp_path) == [step]
+
+
+def test_library_watcher_answers_then_raises_keyboard_interrupt_and_closes(capsys):
+  # A library caller's watcher (runner.train outside the CLI): answered from the
+  # handler; a second Ctrl-C raises KeyboardInterrupt; close() restores handlers.
+  from jaxtrain import preemption  # pylint: disable=g-import-not-at-top
+  before = signal.getsignal(signal.SIGINT)
+  watcher = preemption.PreemptionWatcher()
+  try:
+    watcher.describe_stop = lambda: "finishing step 7 and saving a checkpoint"
+    os.kill(os.getpid(), signal.SIGINT)
+    assert watcher.should_stop(7) and watcher.reason == "SIGINT"
+    assert capsys.readouterr().err == (
+        "jaxtrain: Ctrl-C: finishing step 7 and saving a checkpoint; Ctrl-C again "
+        "to stop without saving\n")
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)  # the handler runs at the next bytecode
+  finally:
+    watcher.close()
+  assert signal.getsignal(signal.SIGINT) is before
+  assert preemption.exit_code(signal.SIGTERM) == 143
+  assert preemption.exit_code(signal.SIGINT) == 130
