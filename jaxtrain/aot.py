@@ -348,6 +348,14 @@ def _mib(n: float) -> str:
   return f"{n / MIB:10.1f} MiB"
 
 
+def fmt_bytes(n: float) -> str:
+  """Bytes with three significant digits in the unit that fits: 1.02 MiB, 31.8 GiB."""
+  for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+    if n >= scale:
+      return f"{n / scale:.3g} {unit}"
+  return f"{n:.0f} bytes"
+
+
 def format_report(r: Report) -> str:
   """The report as the CLI prints it."""
   n = len(r.target.devices)
@@ -355,7 +363,7 @@ def format_report(r: Report) -> str:
   limit = r.target.memory_bytes
   lines = [
       f"target    {r.target.spec}: {r.target.describe()}"
-      + (f", {limit / GIB:.1f} GiB per device" if limit else ""),
+      + (f", {fmt_bytes(limit)} per device" if limit else ""),
       f"mesh      {mesh}; global batch {r.batch_size} ({r.batch_size / n:g} per "
       f"device); compute {r.compute_dtype}",
       f"model     {r.param_count:,} parameters; train state {r.state_bytes / MIB:.1f} "
@@ -394,6 +402,11 @@ def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> int:
     if not args.memory_gib > 0:
       raise ConfigError("--memory_gib", args.memory_gib, "use a size > 0 in GiB")
     target.memory_bytes = int(args.memory_gib * GIB)
+  if args.json:  # before compiling, not after
+    folder = os.path.dirname(os.path.abspath(args.json))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+      raise ConfigError("--json", args.json, f"cannot write into {folder}; name a "
+                        "file in an existing, writable directory")
   print(f"jaxtrain compile: {args.config} for {args.topology} "
         f"({len(target.devices)} devices) ...", flush=True)
   report, _ = compile_train_step(config, target)
@@ -404,7 +417,7 @@ def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> int:
   if report.fits:
     return 0
   print(f"jaxtrain: compile: the train step does not fit: it needs "
-        f"{report.memory['total'] / GIB:.2f} GiB per device, the target has "
-        f"{target.memory_bytes / GIB:.2f} GiB; lower train.batch_size, shard the "
+        f"{fmt_bytes(report.memory['total'])} per device, the target has "
+        f"{fmt_bytes(target.memory_bytes)}; lower train.batch_size, shard the "
         "state (mesh.fsdp and sharding.rules) or use bfloat16", file=sys.stderr)
   return 1

@@ -340,10 +340,14 @@ def validate(config: ml_collections.ConfigDict,
     if not isinstance(size, int) or (size < 1 and size != -1):
       raise ConfigError(f"mesh.{axis}", size, "a mesh axis size is a positive int, "
                         "or -1 to fill the remaining devices")
+  _check_int("seed", config.seed, minimum=0)
   from jaxtrain.data import sources  # pylint: disable=g-import-not-at-top
   from jaxtrain.optim import defaults as optim_defaults  # pylint: disable=g-import-not-at-top
+  from jaxtrain.parallel import rules  # pylint: disable=g-import-not-at-top
+  rules.check(config.sharding.rules)
   _check_keys(config.optimizer, optim_defaults.default_config(), "optimizer.",
               skip={"schedule", "kwargs"})
+  optim_defaults.check_schedule_values(config.optimizer.schedule)
   sources.validate(config.data)
   _check_unread(config, base, given)  # plain values, before JAX is imported
   _check_model(config)
@@ -394,6 +398,9 @@ def _check_model(config) -> None:
   for key in config.model.keys():
     if key not in allowed:
       _unknown(f"model.{key}", allowed, config.model[key])
+  from jaxtrain.models import registry  # pylint: disable=g-import-not-at-top
+  registry.check_option_values(config.model.name,
+                               {k: v for k, v in config.model.items() if k != "name"})
 
 
 def _check_train(train) -> None:
@@ -486,11 +493,20 @@ def _check_distill(config) -> None:
     for key in teacher.keys():
       if key not in allowed:
         _unknown(f"distill.teacher_model.{key}", allowed, teacher[key])
+    from jaxtrain.models import registry  # pylint: disable=g-import-not-at-top
+    registry.check_option_values(teacher.name, {k: v for k, v in teacher.items()
+                                                if k != "name"},
+                                 "distill.teacher_model.")
 
 
-def _check_int(field: str, value: Any, minimum: int) -> None:
+MAX_INT = 2**31 - 1  # steps, sizes and seeds are int32 somewhere downstream
+
+
+def _check_int(field: str, value: Any, minimum: int, maximum: int = MAX_INT) -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     raise ConfigError(field, value, f"use an integer >= {minimum}")
+  if value > maximum:
+    raise ConfigError(field, value, f"use an integer <= {maximum}")
 
 
 def _check_choice(field: str, value: Any, choices: Sequence[str]) -> None:

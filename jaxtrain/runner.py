@@ -35,6 +35,7 @@ from jaxtrain.parallel import sharding
 from jaxtrain import loop as loop_lib
 from jaxtrain import preemption
 from jaxtrain import resume_config
+from jaxtrain import run_checks
 from jaxtrain import teacher as teacher_lib
 from jaxtrain.loop import TrainingHalted  # noqa: F401  (public: runner.TrainingHalted)
 from jaxtrain.state import TrainState, abstract_train_state, create_train_state
@@ -95,11 +96,15 @@ def build(config: ml_collections.ConfigDict,
   train_source = sources.get_source(config.data, config.data.train_split)
   eval_source = sources.get_source(config.data, config.data.eval_split)
   total = total_steps(config, plan, len(train_source))
+  run_checks.check_run_length(config, total)
+  run_checks.check_batches(config, plan, len(train_source), len(eval_source),
+                           mesh_lib.data_parallel_size(mesh))
+  run_checks.check_host_memory(config, plan, train_source.image_shape)
   policy = precision.make_policy(config.precision.compute_dtype)
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
   model = models.get_model(config.model.name, num_classes=train_source.num_classes,
                            dtype=policy.compute_dtype, **kwargs)
-  _check_input_shapes(config, model, train_source, eval_source, plan)
+  run_checks.check_model(config, model, train_source, eval_source, plan)
   tx, lr_schedule = optim.build(config.optimizer, total, config.train.batch_size)
   teacher = teacher_lib.build(config, train_source.num_classes,
                               policy.compute_dtype, train_source.image_shape, mesh)
@@ -133,54 +138,26 @@ def _batch_plan(config: ml_collections.ConfigDict,
   return dataclasses.replace(plan, aug_repeats=repeats)
 
 
-def _check_input_shapes(config: ml_collections.ConfigDict, model: nn.Module,
-                        train_source: Any, eval_source: Any,
-                        plan: batch_plan.BatchPlan) -> None:
-  """The model must accept every stage's and the eval (FixRes) image size."""
-  train_shape = tuple(train_source.image_shape)
-  others = {}
-  for i, stage in enumerate(plan.stages):
-    if stage.image_size:
-      try:
-        chain = train_source.train_transforms.resized(stage.image_size)
-        shape = chain.example(train_source.records[0]["image"]).shape
-      except (ValueError, TypeError) as e:
-        raise ConfigError("train.stages", tuple(config.train.stages),
-                          f"stage {i} cannot resize data.train_transforms: {e}"
-                          ) from None
-      others.setdefault(tuple(shape), ("train.stages", tuple(config.train.stages)))
-  eval_shape = tuple(eval_source.eval_image_shape)
-  others.setdefault(eval_shape, ("data.eval_transforms", config.data.eval_transforms))
-  others.pop(train_shape, None)
-  if not others:
-    return
-  init = lambda: model.init(jax.random.key(0),  # noqa: E731
-                            jnp.zeros((1, *train_shape)), train=False)
-  variables = jax.eval_shape(init)
-  for shape, (field, value) in others.items():
-    try:
-      jax.eval_shape(lambda v, s=shape: model.apply(v, jnp.zeros((1, *s)),
-                                                     train=False), variables)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ConfigError(field, value, f"model '{config.model.name}' built for "
-                        f"{train_shape} images does not accept {shape} images "
-                        f"({type(e).__name__}); other resolutions need a model "
-                        "with global pooling (e.g. resnet18)") from None
-
-
 def eval_metric_names(exp: Experiment) -> list[str]:
   """The metrics the eval step reports, e.g. ['accuracy', 'loss', ...] (traced with
-  `jax.eval_shape`, nothing compiled)."""
+  `jax.eval_shape` from the model's init, so nothing is compiled, not even a key)."""
   c = exp.config
-  abstract, _ = abstract_train_state(exp.model, exp.tx, exp.train_source.image_shape,
-                                     c.seed, exp.mesh, c.sharding.rules)
   shape = (exp.eval_batch_size, *exp.eval_source.eval_image_shape)
   batch = {"image": jax.ShapeDtypeStruct(shape, jnp.float32),
            "label": jax.ShapeDtypeStruct(shape[:1], jnp.int32),
            "mask": jax.ShapeDtypeStruct(shape[:1], jnp.float32)}
+
+  def names(batch):
+    variables = dict(nn.meta.unbox(exp.model.init(
+        jax.random.key(c.seed), jnp.zeros((1, *exp.train_source.image_shape)),
+        train=False)))
+    params = variables.pop("params")
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       model_state=variables, opt_state=None, rng=None)
+    return _eval_step(exp)(state, batch)
+
   with sharding.activate(exp.mesh, c.sharding.rules):
-    names = jax.eval_shape(_eval_step(exp), abstract, batch)
-  return [n for n in names if n != "count"]
+    return [n for n in jax.eval_shape(names, batch) if n != "count"]
 
 
 def _check_monitored_metric(exp: Experiment) -> None:

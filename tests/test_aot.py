@@ -58,7 +58,8 @@ def test_data_parallel_figures_match_the_model_and_a_too_small_budget_exits_1(
                            "--topology=cpu:8", "--memory_gib=0.001",
                            f"--json={report_path}"], capsys)
   assert rc == 1, err
-  assert "does not fit" in err and "0.00 GiB" in err
+  # 0.001 GiB = 1.024 MiB, shown with its digits (it read "0.00 GiB").
+  assert "does not fit" in err and "the target has 1.02 MiB" in err, err
   assert "DOES NOT FIT" in out
   r = json.loads(report_path.read_text())
   assert r["param_count"] == PARAMS and r["target"]["devices"] == 8

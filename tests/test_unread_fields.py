@@ -126,6 +126,9 @@ def test_sweep_trials_of_another_optimizer_drop_the_experiments_unread_fields():
   trials = {t.optimizer: t for t in grid.make_trials(_study(), 1000)}
   assert trials["momentum"].config.optimizer.nesterov is True
   assert trials["adam"].config.optimizer.nesterov is False
+  experiment, study = grid.split(_study())  # what the sweep logs for each label
+  assert grid.dropped_fields(experiment, study, "adam") == ["optimizer.nesterov=True"]
+  assert grid.dropped_fields(experiment, study, "momentum") == []
   # A field a study's own optimizer config sets is the user's: refused if unread.
   with pytest.raises(ConfigError) as e:
     grid.make_trials(_study(fast=dict(name="sgd", momentum=0.5)), 1000)
@@ -153,11 +156,13 @@ def test_unread_study_fields_are_refused(overrides, field):
   assert e.value.field == field and "not used" in str(e.value)
 
 
-def test_lr_find_on_another_optimizer_drops_the_experiments_unread_fields():
+def test_lr_find_on_another_optimizer_drops_the_experiments_unread_fields(capsys):
   c = config_lib.load(DIGITS)
   c.optimizer.nesterov, c.optimizer.schedule.name = True, "polynomial"
   c.optimizer.schedule.power = 2.0
   test = lr_find.range_config(c, 1e-4, 1.0, 10, optimizer="adam")
+  assert ("lr-find: optimizer 'adam' does not read optimizer.nesterov=True; the test "
+          "uses its defaults there") in capsys.readouterr().out
   assert test.optimizer.nesterov is False
   assert test.optimizer.schedule.power == 1.0  # the test's exponential schedule
   config_lib.validate(test)

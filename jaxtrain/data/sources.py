@@ -21,6 +21,7 @@ shapes) and raises `ConfigError` naming the field and what exists.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, Protocol
 
 import ml_collections
@@ -30,6 +31,7 @@ from jaxtrain.data import tfds_source, transforms
 from jaxtrain.errors import ConfigError
 
 SOURCES = ("tfds", "arrays", "synthetic")
+MAX_WORKERS = 1024  # data.num_workers / data.prefetch
 Batch = dict[str, np.ndarray]
 ArraySplits = Callable[[], tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]]
 
@@ -72,8 +74,11 @@ def validate(data: ml_collections.ConfigDict) -> None:
   transforms.parse(data.eval_transforms, "data.eval_transforms",
                    allow_batch_ops=False)
   for field in ("num_workers", "prefetch"):
-    if not _is_int(data[field], minimum=0):
-      raise ConfigError(f"data.{field}", data[field], "use an integer >= 0")
+    # Each is a process or a thread (and a batch held): past a few per core they
+    # add memory, not speed.
+    if not (_is_int(data[field], minimum=0) and data[field] <= MAX_WORKERS):
+      raise ConfigError(f"data.{field}", data[field], f"use an integer in [0, "
+                        f"{MAX_WORKERS}] (a few per CPU core at most help)")
   if not _is_int(data.aug_repeats, minimum=1):
     raise ConfigError("data.aug_repeats", data.aug_repeats, "use an integer >= 1 "
                       "(1: no repeated augmentation; DeiT/timm use 3)")
@@ -92,6 +97,20 @@ def validate(data: ml_collections.ConfigDict) -> None:
   for field in ("num_classes", "num_examples"):
     if not _is_int(syn[field], minimum=1):
       raise ConfigError(f"data.synthetic.{field}", syn[field], "use an integer >= 1")
+  memory, need = host_memory_bytes(), 4 * int(np.prod(syn.image_shape))
+  if data.source == "synthetic" and memory and need > memory:
+    raise ConfigError("data.synthetic.image_shape", tuple(syn.image_shape), "one "
+                      f"such image as float32 needs {need / 2**30:.1f} GiB, more "
+                      f"than this host's {memory / 2**30:.1f} GiB; use (height, "
+                      "width, channels) of a real dataset, e.g. (224, 224, 3)")
+
+
+def host_memory_bytes() -> int:
+  """Physical memory of this host (0 when unknown)."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return 0
 
 
 def _is_int(value: Any, minimum: int) -> bool:
@@ -300,6 +319,13 @@ def _check_images(source: Source, data: ml_collections.ConfigDict,
       if isinstance(image, bytes) and not _decodes(chain):
         raise ConfigError(field, chain.spec, "the images are encoded (JPEG/PNG "
                           "bytes): start the transforms with 'decode'")
+      if (_decodes(chain) and isinstance(image, np.ndarray)
+          and image.dtype not in (np.uint8, object)):
+        raise ConfigError(field, chain.spec, f"split '{split}' holds decoded "
+                          f"{image.dtype} images already ({data.source} "
+                          f"'{data.name}'), but 'decode' makes uint8 pixels (0-255) "
+                          "from JPEG/PNG bytes, which later ops would assume; "
+                          "remove 'decode'")
       try:
         seen.append(chain.example(image, 0, 0, i).shape)
       except Exception as e:  # pylint: disable=broad-except

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxtrain.errors import ConfigError
 from jaxtrain import precision
 from jaxtrain.models.registry import (
     CLASSES, CONV_KERNEL, EMBED, NORM, constrain_batch, register)
@@ -92,8 +93,8 @@ class CifarResNet(nn.Module):
 
   def __post_init__(self) -> None:
     if (self.depth - 2) % 6 or self.depth < 8:
-      raise ValueError(f"cifar_resnet depth {self.depth}: must be 6n + 2 "
-                       "(20, 32, 44, 56, 110)")
+      raise ConfigError("model.depth", self.depth, f"cifar_resnet depth {self.depth} "
+                        "is not 6n + 2 (n >= 1); use e.g. 20, 32, 44, 56 or 110")
     super().__post_init__()
 
   @nn.compact
@@ -136,7 +137,8 @@ class WideResNet(nn.Module):
 
   def __post_init__(self) -> None:
     if (self.depth - 4) % 6 or self.depth < 10:
-      raise ValueError(f"wide_resnet depth {self.depth}: must be 6n + 4 (16, 22, 28, 40)")
+      raise ConfigError("model.depth", self.depth, f"wide_resnet depth {self.depth} "
+                        "is not 6n + 4 (n >= 1); use e.g. 16, 22, 28 or 40")
     super().__post_init__()
 
   @nn.compact

@@ -7,7 +7,11 @@ Models register themselves with `@register("name")`; `jaxtrain.models` imports t
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import math
+import types
+import typing
 from typing import Any, Callable, Mapping, TypeVar
 
 import jax.numpy as jnp
@@ -91,6 +95,66 @@ def check_model_config(name: str, kwargs: Mapping[str, Any]) -> None:
   for key, default in accepted.items():
     if default is REQUIRED and key not in kwargs:
       raise ConfigError(f"model.{key}", None, f"required by model {name!r}")
+
+
+def _is_size(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _expects(hint: Any) -> tuple[str, Any] | None:
+  """(what the option takes, a test of a value) for the annotation `hint`."""
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if hint is bool:
+    return "true or false", lambda v: isinstance(v, bool)
+  if hint is int:  # every int option is a size, a depth or a count
+    return "an integer >= 1", _is_size
+  if origin in (typing.Union, types.UnionType) and set(args) == {int, type(None)}:
+    return "an integer >= 1 or None", lambda v: v is None or _is_size(v)
+  if hint is float:
+    return "a finite number >= 0", lambda v: (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        and v >= 0)
+  if hint is str:
+    return "a string", lambda v: isinstance(v, str)
+  if origin in (collections.abc.Sequence, tuple) and args in ((int,), (int, ...)):
+    return "a tuple of integers >= 1", lambda v: (
+        isinstance(v, (tuple, list)) and all(_is_size(x) for x in v))
+  return None
+
+
+# Options whose range is narrower than their type's (same meaning in every model).
+_RANGES = {
+    "bn_momentum": (lambda v: 0 <= v < 1, "a running-average decay in [0, 1), e.g. "
+                    "0.9"),
+    "bn_epsilon": (lambda v: v > 0, "a number > 0, e.g. 1e-05"),
+}
+
+
+def check_option_values(name: str, options: Mapping[str, Any],
+                        prefix: str = "model.") -> None:
+  """Checks each option's value against its annotation on the model's class.
+
+  Int options are sizes (>= 1), float options finite and >= 0, sequences of ints
+  sizes too; the modules check finer ranges (dropout < 1, ...) when built.
+
+  Raises:
+    ConfigError: naming `prefix + option`, the value and an example.
+  """
+  cls = _lookup(name)
+  try:
+    hints = typing.get_type_hints(cls)
+  except Exception:  # pylint: disable=broad-except
+    return  # annotations that do not resolve: the module checks its own options
+  defaults = model_kwargs(name)
+  for key, value in options.items():
+    expected = _expects(hints.get(key))
+    if expected is not None and not expected[1](value):
+      example = "" if defaults.get(key) is REQUIRED else (
+          f", e.g. {defaults.get(key)!r}")
+      raise ConfigError(f"{prefix}{key}", value, f"model {name!r} takes "
+                        f"{expected[0]} here{example}")
+    if key in _RANGES and not _RANGES[key][0](value):
+      raise ConfigError(f"{prefix}{key}", value, f"use {_RANGES[key][1]}")
 
 
 def _normalize_option(key: str, value: Any) -> Any:

@@ -34,6 +34,8 @@ from jaxtrain.optim import schedule_config
 from jaxtrain.optim import sign
 from jaxtrain.optim import sign_decay
 from jaxtrain.optim.defaults import default_config  # noqa: F401  (optim.default_config)
+from jaxtrain.optim.defaults import MAX_INT
+from jaxtrain.optim.defaults import check_schedule_values as schedule_values
 from jaxtrain.optim.defaults import merged_section
 from jaxtrain.optim import unread_fields
 
@@ -247,6 +249,17 @@ def _validate(opt_config: Any, total_steps: int | None,
          "must be >= 1")
   _check("sign_decay_steps", c.sign_decay_steps, c.sign_decay_steps >= 0,
          "must be >= 0 (0: total_steps)")
+  _check("sign_decay_num_periods", c.sign_decay_num_periods,
+         math.isfinite(c.sign_decay_num_periods) and c.sign_decay_num_periods != 0,
+         "must be > 0 (< 0: the decay's default; 0 periods would not decay)")
+  _check("sign_decay_zero_after", c.sign_decay_zero_after,
+         math.isfinite(c.sign_decay_zero_after), "must be finite (< 0: never zero)")
+  _check("grad_noise_seed", c.grad_noise_seed,
+         isinstance(c.grad_noise_seed, int) and 0 <= c.grad_noise_seed <= MAX_INT,
+         f"must be an integer in [0, {MAX_INT}]")
+  for field in ("accumulate_steps", "sign_decay_steps", "base_batch_size"):
+    _check(field, c[field], c[field] <= MAX_INT, f"must be <= {MAX_INT}")
+  schedule_values(c.schedule)
   _check_regex("weight_decay_mask", c.weight_decay_mask)
   for i, pattern in enumerate(c.freeze):
     _check_regex(f"freeze[{i}]", pattern)

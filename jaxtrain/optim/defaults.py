@@ -120,3 +120,56 @@ def _merged(opt_config: Any, defaults: ml_collections.ConfigDict,
       raise ConfigError(field, value, f"expected {type(defaults[key]).__name__}"
                         ) from e
   return merged
+
+
+def _finite(v: Any) -> bool:
+  return (isinstance(v, (int, float)) and not isinstance(v, bool)
+          and math.isfinite(v))
+
+
+# schedule field -> (test, what it must be); fields any schedule may read, so all
+# are checked (an unread one is at its default, which passes).
+_SCHEDULE_VALUES = {
+    "end_value": (lambda v: _finite(v) and v >= 0, "a finite learning rate >= 0 "
+                  "(a negative one would train uphill)"),
+    "power": (lambda v: _finite(v) and v > 0, "a finite exponent > 0"),
+    "decay_rate": (lambda v: _finite(v) and v >= 0, "a finite rate >= 0"),
+    "div_factor": (lambda v: _finite(v) and v > 0, "a finite factor > 0 (initial "
+                   "LR = peak / div_factor)"),
+    "final_div_factor": (lambda v: _finite(v) and v > 0, "a finite factor > 0"),
+    "cycle_mult": (_finite, "a finite number >= 1"),
+    "num_periods": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "alpha": (lambda v: _finite(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "beta": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "initial_variance": (lambda v: _finite(v) and v >= 0, "a finite variance >= 0"),
+    "variance_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "warmup_init_fraction": (_finite, "a number in [0, 1]"),
+    "warmup_fraction": (_finite, "a number in [0, 1]"),
+    "pct_start": (_finite, "a number in (0, 1)"),
+}
+_SCHEDULE_INTS = ("warmup_steps", "decay_steps", "seed")
+MAX_INT = 2**31 - 1
+
+
+def _is_int(v: Any, high: int = MAX_INT) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= high
+
+
+def check_schedule_values(s: Any) -> None:
+  """Types and ranges of `config.optimizer.schedule` fields (plain values; the
+  schedule builder checks what depends on the run's length)."""
+  for field, (ok, what) in _SCHEDULE_VALUES.items():
+    if field in s and not ok(s[field]):
+      raise ConfigError(f"optimizer.schedule.{field}", s[field], f"use {what}")
+  for field in _SCHEDULE_INTS:
+    if field in s and not _is_int(s[field]):
+      raise ConfigError(f"optimizer.schedule.{field}", s[field],
+                        f"use an integer in [0, {MAX_INT}]")
+  for field in ("boundaries", "scales"):
+    values = s.get(field, ())
+    ints = field == "boundaries"
+    if not isinstance(values, (tuple, list)) or not all(
+        _is_int(v) if ints else (_finite(v) and v >= 0) for v in values):
+      raise ConfigError(f"optimizer.schedule.{field}", values, "use a tuple of "
+                        + ("train steps (integers >= 0)" if ints else
+                           "finite factors >= 0"))

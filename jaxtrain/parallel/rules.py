@@ -36,3 +36,27 @@ RULES_TP: tuple[tuple[str, Any], ...] = DEFAULT_RULES + (
 )
 # Both: a kernel ("embed", "mlp") is sharded P("fsdp", "model").
 RULES_FSDP_TP: tuple[tuple[str, Any], ...] = RULES_FSDP + RULES_TP[len(DEFAULT_RULES):]
+
+MESH_AXES = ("data", "fsdp", "model")
+
+
+def check(rules: Any, field: str = "sharding.rules") -> None:
+  """Raises ConfigError unless `rules` is a sequence of (logical name, mesh axes)
+  pairs, the mesh axes None, one of MESH_AXES, or a tuple of distinct ones."""
+  from jaxtrain.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  fix = ("use ((logical_name, mesh_axes), ...) with mesh_axes None, one of "
+         f"{', '.join(MESH_AXES)} or a tuple of them, e.g. {DEFAULT_RULES}")
+  if not isinstance(rules, (tuple, list)):
+    raise ConfigError(field, rules, fix)
+  for rule in rules:
+    if (not isinstance(rule, (tuple, list)) or len(rule) != 2
+        or not isinstance(rule[0], str) or not rule[0]):
+      raise ConfigError(field, tuple(rules), f"rule {rule!r} is not a "
+                        f"(logical_name, mesh_axes) pair; {fix}")
+    axes = rule[1]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    if (not isinstance(axes, (tuple, list)) or len(set(axes)) != len(axes)
+        or any(a not in MESH_AXES for a in axes)):
+      raise ConfigError(field, tuple(rules), f"rule {tuple(rule)!r} names mesh "
+                        f"axes {rule[1]!r}; the mesh has {', '.join(MESH_AXES)} "
+                        "(each at most once per rule)")

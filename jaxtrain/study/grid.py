@@ -37,6 +37,7 @@ GRID_CENTERS = ("none", "linear", "sqrt")
 VECTOR_FIELDS = ("optimizer.learning_rate", "optimizer.momentum", "optimizer.b1",
                  "optimizer.weight_decay", "optimizer.schedule.warmup_steps", "seed")
 _B1_OPTIMIZERS = ("adam", "adamw", "lamb")
+MAX_INT = 2**31 - 1  # steps and seeds are int32 downstream
 
 
 def study_defaults() -> ml_collections.ConfigDict:
@@ -183,7 +184,8 @@ def validate_study(study: ml_collections.ConfigDict,
   from jaxtrain import optim  # pylint: disable=g-import-not-at-top
   from jaxtrain.study import targets  # pylint: disable=g-import-not-at-top
   _check_keys(study, study_defaults(), "study.", skip=("optimizer_configs",))
-  _check_tuple(study, "batch_sizes", lambda v: _is_int(v, 1), "ints >= 1")
+  _check_tuple(study, "batch_sizes", lambda v: _is_int(v, 1) and v <= MAX_INT,
+               "ints >= 1")
   _check_tuple(study, "optimizers", lambda v: isinstance(v, str) and v, "labels")
   for label, section in study.optimizer_configs.items():
     if not isinstance(section, ml_collections.ConfigDict):
@@ -205,7 +207,8 @@ def validate_study(study: ml_collections.ConfigDict,
   if not _is_int(study.base_batch_size, 1):
     _fail("base_batch_size", study.base_batch_size, "use an int >= 1")
   _check_tuple(study, "warmup_epochs", lambda v: _is_number(v, 0), "numbers >= 0")
-  _check_tuple(study, "seeds", lambda v: _is_int(v, 0), "ints >= 0")
+  _check_tuple(study, "seeds", lambda v: _is_int(v, 0) and v <= MAX_INT,
+               f"ints in [0, {MAX_INT}]")
   _check_tuple(study, "momentum", lambda v: _is_number(v, 0) and v < 1,
                "numbers in [0, 1)", allow_empty=True)
   _check_tuple(study, "weight_decay", lambda v: _is_number(v, 0), "numbers >= 0",
@@ -215,8 +218,8 @@ def validate_study(study: ml_collections.ConfigDict,
     if not _is_int(study[field], 0 if field == "eval_every" else 1):
       _fail(field, study[field], "use an int >= " + ("0" if field == "eval_every"
                                                      else "1"))
-  if not _is_int(study.max_steps, 1):
-    _fail("max_steps", study.max_steps, "use an int >= 1")
+  if not (_is_int(study.max_steps, 1) and study.max_steps <= MAX_INT):
+    _fail("max_steps", study.max_steps, f"use an int in [1, {MAX_INT}]")
   for field in ("eval_every_epochs", "max_epochs", "divergence_loss"):
     if not _is_number(study[field], 0):
       _fail(field, study[field], "use a finite number >= 0")
@@ -283,10 +286,20 @@ def optimizer_section(experiment, study, label: str) -> ml_collections.ConfigDic
   """The experiment's optimizer section with `label`'s fields merged over it.
 
   Fields the experiment set that `label`'s optimizer or schedule does not read
-  (the experiment's momentum for an Adam trial) go back to their defaults; fields
-  `study.optimizer_configs[label]` sets are kept, and refused by `optim.build` if
-  unread (`jaxtrain.optim.unread_fields`).
+  (the experiment's momentum for an Adam trial) go back to their defaults
+  (`dropped_fields` names them); fields `study.optimizer_configs[label]` sets are
+  kept, and refused by `optim.build` if unread (`jaxtrain.optim.unread_fields`).
   """
+  return _section_and_dropped(experiment, study, label)[0]
+
+
+def dropped_fields(experiment, study, label: str) -> list[str]:
+  """'optimizer.FIELD=VALUE' for each field of the experiment's optimizer section
+  that `label`'s optimizer does not read, so its trials leave out (for the log)."""
+  return _section_and_dropped(experiment, study, label)[1]
+
+
+def _section_and_dropped(experiment, study, label):
   from jaxtrain import optim  # pylint: disable=g-import-not-at-top
   from jaxtrain.optim import unread_fields  # pylint: disable=g-import-not-at-top
   section = copy.deepcopy(experiment.optimizer)
@@ -294,8 +307,9 @@ def optimizer_section(experiment, study, label: str) -> ml_collections.ConfigDic
   own = study.optimizer_configs.get(label)
   if own is not None:
     _merge(section, own)
-  unread_fields.reset(section, optim.default_config(), keep=_paths(own or {}))
-  return section
+  before = copy.deepcopy(section)
+  reset = unread_fields.reset(section, optim.default_config(), keep=_paths(own or {}))
+  return section, [f"optimizer.{f}={unread_fields.get(before, f)!r}" for f in reset]
 
 
 def _paths(node: Any, prefix: str = "") -> set[str]:
@@ -340,6 +354,11 @@ def make_trials(config: ml_collections.ConfigDict,
   """
   from jaxtrain import optim  # pylint: disable=g-import-not-at-top
   experiment, study = split(config)
+  too_big = [b for b in study.batch_sizes if b > num_examples]
+  if too_big:
+    _fail("batch_sizes", tuple(study.batch_sizes), f"batch size {too_big[0]} is "
+          f"larger than the train split ({num_examples} examples); use at most "
+          f"{num_examples}")
   trials = []
   for batch_size, label in itertools.product(study.batch_sizes, study.optimizers):
     num_steps, eval_every = budget(study, batch_size, num_examples)

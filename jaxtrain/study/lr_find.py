@@ -66,10 +66,17 @@ def range_config(config: ml_collections.ConfigDict, min_lr: float, max_lr: float
   experiment, study = grid.split(config)
   if optimizer:
     study = study or grid.study_defaults()
+    dropped = grid.dropped_fields(experiment, study, optimizer)
+    if dropped:
+      print(f"lr-find: optimizer {optimizer!r} does not read "
+            f"{', '.join(dropped)}; the test uses its defaults there")
     experiment.optimizer = grid.optimizer_section(experiment, study, optimizer)
-  if not 0 < min_lr < max_lr:
-    raise ConfigError("--min_lr", min_lr, f"need 0 < --min_lr < --max_lr={max_lr}")
-  if num_steps < 2:
+  for flag, lr in (("--min_lr", min_lr), ("--max_lr", max_lr)):
+    if not (math.isfinite(lr) and lr > 0):
+      raise ConfigError(flag, lr, "use a finite learning rate > 0")
+  if not min_lr < max_lr:
+    raise ConfigError("--min_lr", min_lr, f"need --min_lr < --max_lr={max_lr}")
+  if not 2 <= num_steps <= 2**31 - 1:
     raise ConfigError("--num_steps", num_steps, "use at least 2 steps")
   c = experiment.optimizer
   c.learning_rate, c.lr_scaling = float(min_lr), "none"
@@ -105,9 +112,22 @@ def _diverged(smoothed: list[float], factor: float) -> bool:
   return len(smoothed) > _SETTLE and smoothed[-1] > 1.2 * max(smoothed[:_SETTLE])
 
 
+def check_smoothing(smoothing: float, divergence_factor: float) -> None:
+  """The EMA coefficient is in [0, 1) (its bias correction divides by 1 - beta^k)
+  and the divergence factor > 1 (its test compares with the minimum)."""
+  if not 0 <= smoothing < 1:
+    raise ConfigError("--smoothing", smoothing, "use a coefficient in [0, 1), e.g. "
+                      "0.98 (0: no smoothing)")
+  if not (math.isfinite(divergence_factor) and divergence_factor > 1):
+    raise ConfigError("--divergence_factor", divergence_factor, "use a finite factor "
+                      "> 1, e.g. 4 (the test stops when the smoothed loss exceeds it "
+                      "times its minimum)")
+
+
 def run_range_test(config: ml_collections.ConfigDict, smoothing: float = 0.98,
                    divergence_factor: float = 4.0, devices=None) -> RangeTest:
   """Runs the test on a config from `range_config`."""
+  check_smoothing(smoothing, divergence_factor)
   exp = runner.build(config, devices)
   rules = config.sharding.rules
   state, shardings = create_train_state(exp.model, exp.tx, exp.train_source.image_shape,
@@ -158,6 +178,7 @@ def write(result: RangeTest, workdir: str) -> str:
 
 
 def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> int:
+  check_smoothing(args.smoothing, args.divergence_factor)
   runner.check_workdir(args.workdir)
   test_config = range_config(config, args.min_lr, args.max_lr, args.num_steps,
                              args.optimizer)

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from etils import epath
 
+from jaxtrain.errors import ConfigError
 from jaxtrain.study import plots, sweep, targets
 
 PERFECT_EFFICIENCY = 0.7
@@ -184,6 +185,10 @@ def run(args: argparse.Namespace, config) -> int:
     text = write(args.dir)
   except FileNotFoundError as e:
     print(f"jaxtrain: error: DIR={args.dir!r}: {e}", file=sys.stderr)
+    return 2
+  except ConfigError as e:  # a results.json that is not one
+    print(f"jaxtrain: error: DIR={args.dir!r}: {str(e).split(': ', 1)[1]}",
+          file=sys.stderr)
     return 2
   print(text, end="")
   print(f"Plots and report.md written to {args.dir}")

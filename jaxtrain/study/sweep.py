@@ -53,8 +53,14 @@ def load_results(workdir: str) -> tuple[dict[str, Any], list[Record]]:
   path = epath.Path(workdir) / RESULTS_JSON
   if not path.exists():
     return {}, []
-  data = json.loads(path.read_text(encoding="utf-8"))
-  return {k: v for k, v in data.items() if k != "trials"}, data["trials"]
+  try:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    trials = data["trials"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError("--workdir", workdir, f"{path} is not a sweep's results file "
+                      f"({type(e).__name__}: {str(e)[:100]}); move it away, or use "
+                      "another --workdir") from None
+  return {k: v for k, v in data.items() if k != "trials"}, trials
 
 
 def write_atomic(path: epath.Path, data: str | bytes) -> None:
@@ -208,6 +214,11 @@ def _check_target_metric(trial: grid.Trial, target: targets.Target,
   if target.metric not in known:
     raise ConfigError("study.target", str(target), f"the trials report no metric "
                       f"'{target.metric}'; name one they do", choices=known)
+  if target.metric.endswith("accuracy") and not (
+      0 <= target.value <= 1 and not (target.value == 1 and target.op == ">")
+      and not (target.value == 0 and target.op == "<")):
+    raise ConfigError("study.target", str(target), "an accuracy is in [0, 1], so "
+                      "no trial could meet this; e.g. 'eval/accuracy >= 0.95'")
 
 
 def _agree(check: Callable[[], None]) -> None:
@@ -272,6 +283,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
   target = targets.parse(study.target)
   train_source = sources.get_source(experiment.data, experiment.data.train_split)
   trials = grid.make_trials(config, len(train_source))
+  for label in study.optimizers:
+    dropped = grid.dropped_fields(experiment, study, label)
+    if dropped:
+      log(f"Trials of {label!r} leave out {', '.join(dropped)} (set for the "
+          "experiment's optimizer, not read by this one)")
   _check_target_metric(trials[0], target, devices)
   # JSON round trip: compared with a stored header as it reads back.
   header = json.loads(json.dumps({
