@@ -246,8 +246,17 @@ def init_distributed(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   from jaxtrain import preemption  # pylint: disable=g-import-not-at-top
+  preemption.install()  # first: a SIGTERM during start-up still ends cleanly
+  try:
+    return _main(argv)
+  finally:
+    preemption.uninstall()  # a caller that goes on gets its own handlers back
+
+
+def _main(argv: Sequence[str] | None) -> int:
+  from jaxtrain import preemption  # pylint: disable=g-import-not-at-top
   from jaxtrain.parallel import peers  # pylint: disable=g-import-not-at-top
-  watcher = preemption.install()  # first: a SIGTERM during start-up still ends cleanly
+  watcher = preemption.installed()
   commands = _commands()
   parser = _parser(commands)
   args, overrides = _split_overrides(parser, sys.argv[1:] if argv is None else argv)

@@ -188,3 +188,17 @@ def install(immediate: bool = True) -> PreemptionWatcher:
 
 def installed() -> PreemptionWatcher | None:
   return _INSTALLED
+
+
+def uninstall() -> None:
+  """Closes the process-wide watcher, if any (the end of `jaxtrain.cli.main`).
+
+  A process that goes on after `main` returns (a test, a notebook, a script that
+  calls it) gets its own signal handlers and wakeup fd back: otherwise the
+  watcher's helper thread would still answer every later Ctrl-C, and end the
+  process with exit code 130 at the second.
+  """
+  global _INSTALLED
+  if _INSTALLED is not None:
+    _INSTALLED.close()
+    _INSTALLED = None

@@ -10,6 +10,7 @@ test at the default level.
 """
 import os
 import shutil
+import signal
 import sys
 
 import pytest  # imports no JAX: the flags below still come first
@@ -21,6 +22,22 @@ if "xla_force_host_platform_device_count" not in _flags:
 if "xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = _flags.strip()
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+  """Every test leaves the process's signal handling as it found it.
+
+  An in-process `cli.main` that kept its watcher installed once made a later test's
+  Ctrl-C end the whole suite with exit code 130 (the watcher's second-Ctrl-C exit).
+  """
+  before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  yield
+  after = {sig: signal.getsignal(sig) for sig in before}
+  wakeup = signal.set_wakeup_fd(-1)
+  signal.set_wakeup_fd(wakeup)
+  assert after == before and wakeup == -1, (
+      f"signal handlers left changed: {before} -> {after}, wakeup fd {wakeup}")
 
 
 @pytest.fixture
