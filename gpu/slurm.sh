@@ -149,7 +149,7 @@ fi
 [[ -n ${SLURM_JOB_ID:-} ]] || die_usage "not inside a SLURM job: submit with sbatch (or use --dry-run)"
 
 REQUEUE=0
-# shellcheck disable=SC2317  # called by the USR1 trap
+# shellcheck disable=SC2317,SC2329  # called by the USR1 trap (SC2329: shellcheck >= 0.11)
 near_limit() {
   REQUEUE=1
   echo "$PROG: time limit near: SIGTERM to jaxtrain (checkpoint, exit), then requeue" >&2

@@ -29,7 +29,11 @@ def test_dry_run_fills_every_row(tmp_path):
     (ours,) = [r for r in rows if r["row"] == label and r["variant"] == "jaxtrain"]
     assert ours["images_s"] > 0 and ours["TFLOP_s"] > 0
     assert "f64 ops 0" in ours["notes"]
-    torch_rows = [r for r in rows if r["row"] == label and r["variant"] != "jaxtrain"]
+    (amp,) = [r for r in rows if r["row"] == label
+              and r["variant"] == "jaxtrain, weight_grad_dtype=compute"]
+    assert amp["images_s"] > 0 and "f64 ops 0" in amp["notes"]
+    torch_rows = [r for r in rows
+                  if r["row"] == label and not r["variant"].startswith("jaxtrain")]
     if importlib.util.find_spec("torch") is None:
       assert [r["notes"] for r in torch_rows] == ["skipped: torch is not installed"]
     else:
