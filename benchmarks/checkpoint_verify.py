@@ -2,7 +2,7 @@
 
 The state is ResNet-50's parameters, SGD momentum and batch-norm statistics (the
 float32 trees of a real `jaxtrain` state, ~205 MB, random values), saved once with
-`jaxtrain.checkpoint.Checkpointer`, which records a CRC-32 of every saved piece
+`jaxtrain.checkpoint.Checkpointer`, which records an XXH3-64 hash of every saved piece
 (`jaxtrain.checksums`). It is then restored alternately, in a fresh random order
 each round:
 
