@@ -17,6 +17,7 @@ encoded ``bytes`` and a ``path``; an image stored by path only is read from that
 path), the label column (``data.label_key``) a ``ClassLabel``, whose names give the
 number of classes. Records hand the encoded bytes to the transforms' ``decode``.
 Local folders are memory-mapped; on ``gs://`` the split's files are read into memory.
+Splits may be sliced and joined with TFDS's syntax (`jaxtrain.data.split_spec`).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 from etils import epath
 
+from jaxtrain.data import split_spec
 from jaxtrain.errors import ConfigError
 
 
@@ -58,18 +60,26 @@ def open_table(root: str, split: str, fields: dict[str, str]) -> pa.Table:
   if not root or not path.is_dir():
     raise ConfigError(fields["root"], root, "no such directory; give a folder "
                       "written by DatasetDict.save_to_disk or holding Parquet files")
-  splits = _splits(path)
-  if split not in splits:
-    raise ConfigError(fields["split"], split, f"no such split in {root} (slices "
-                      "such as train[:90%] are not supported)", choices=splits)
-  state = path / split / "state.json"
+  parts = split_spec.parse(split, fields["split"])
+  split_spec.check_names(parts, _splits(path), fields["split"], split, root)
+  tables = {name: _read_split(path, name, fields["split"], split)
+            for name in {p.name for p in parts}}
+  # Slices of a memory-mapped table are views: nothing is copied.
+  pieces = [tables[p.name].slice(rows.start, len(rows)) for p in parts
+            for rows in [p.rows(tables[p.name].num_rows, fields["split"])]]
+  return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def _read_split(path: epath.Path, name: str, field: str, spec: str) -> pa.Table:
+  """One split's whole table, memory-mapped (save_to_disk) or read (Parquet)."""
+  state = path / name / "state.json"
   if state.exists():
     names = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
-    tables = [_arrow_stream(path / split / n) for n in names]
+    tables = [_arrow_stream(path / name / n) for n in names]
   else:
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-    files = _parquet_files(path, split)
-    _check_fits_in_memory(files, fields["split"], split)
+    files = _parquet_files(path, name)
+    _check_fits_in_memory(files, field, spec)
     tables = [pq.read_table(io.BytesIO(f.read_bytes())) for f in files]
   return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 

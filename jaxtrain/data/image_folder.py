@@ -10,7 +10,9 @@ when one lacks a class; within a class, files are taken in name order. Hidden
 entries (``.ipynb_checkpoints``) are skipped; image files are those with
 torchvision's extensions (`EXTENSIONS`). Records hold the encoded bytes: the
 transforms' ``decode`` op decodes them (Pillow), so only the images a batch uses
-are read. Local paths and ``gs://`` (etils.epath) both work.
+are read. Local paths and ``gs://`` (etils.epath) both work. A split may be sliced
+and joined with TFDS's syntax (`jaxtrain.data.split_spec`): ``train[:90%]`` for
+training and ``train[90%:]`` for evaluation split one folder in two.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 
 from etils import epath
 
+from jaxtrain.data import split_spec
 from jaxtrain.errors import ConfigError
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
@@ -45,22 +48,26 @@ class ImageFolderRecords:
       raise ConfigError(root_field, root, "no such directory; give the folder that "
                         "holds one folder per split (e.g. train/, val/), each with "
                         "one folder of images per class")
+    parts = split_spec.parse(split, split_field)
     splits = _folders(path)
-    if split not in splits:
-      raise ConfigError(split_field, split, f"no such split folder in {root} (an "
-                        "image folder's splits are its folders; slices such as "
-                        "train[:90%] are not supported)", choices=splits)
+    split_spec.check_names(parts, splits, split_field, split, root)
     self.classes = sorted({c for s in splits for c in _folders(path / s)})
-    self.files: list[tuple[epath.Path, int]] = []
-    for label, name in enumerate(self.classes):
-      folder = path / split / name
-      if folder.is_dir():
-        self.files += [(f, label) for f in sorted(folder.iterdir(), key=str)
-                       if f.suffix.lower() in EXTENSIONS
-                       and not f.name.startswith(".")]
+    files = {name: self._images(path / name) for name in {p.name for p in parts}}
+    self.files: list[tuple[epath.Path, int]] = [
+        files[p.name][i] for p in parts for i in p.rows(len(files[p.name]), split_field)]
     if not self.files:
-      raise ConfigError(split_field, split, f"no images in {path / split}/<class>/ "
-                        f"(files ending in {', '.join(EXTENSIONS)})")
+      raise ConfigError(split_field, split, f"no images in {root}/<split>/<class>/ "
+                        f"for it (files ending in {', '.join(EXTENSIONS)})")
+
+  def _images(self, split_dir: epath.Path) -> list[tuple[epath.Path, int]]:
+    """(file, label) of a split folder's images: classes, then files, by name."""
+    files = []
+    for label, name in enumerate(self.classes):
+      folder = split_dir / name
+      if folder.is_dir():
+        files += [(f, label) for f in sorted(folder.iterdir(), key=str)
+                  if f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")]
+    return files
 
   @property
   def num_classes(self) -> int:

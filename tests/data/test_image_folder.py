@@ -43,6 +43,16 @@ def test_labels_come_from_every_splits_classes_in_name_order(folder):
     np.testing.assert_array_equal(decode.example(train[i]["image"]), image)
 
 
+def test_one_folder_sliced_into_train_and_eval_parts(folder):
+  root, _ = folder
+  head = image_folder.ImageFolderRecords(str(root), "train[:75%]")
+  tail = image_folder.ImageFolderRecords(str(root), "train[75%:]+val[-1:]")
+  assert [f.name for f, _ in head.files] == ["000.png", "001.png", "000.png"]
+  assert [label for _, label in head.files] == [0, 0, 1]
+  assert [(f.parent.parent.name, label) for f, label in tail.files] == [
+      ("train", 2), ("val", 3)]
+
+
 def test_a_source_over_a_folder_gives_decoded_batches(folder):
   root, pixels = folder
   records = image_folder.ImageFolderRecords(str(root), "val")
@@ -57,7 +67,7 @@ def test_a_source_over_a_folder_gives_decoded_batches(folder):
 
 @pytest.mark.parametrize("root,split,field,words", [
     ("missing", "train", "data.data_dir", "no such directory"),
-    ("", "test", "data.train_split", "no such split folder"),
+    ("", "test", "data.train_split", "no split 'test' in"),
     ("", "empty", "data.train_split", "no images in"),
 ])
 def test_bad_folders_name_the_field(folder, root, split, field, words):
@@ -68,5 +78,5 @@ def test_bad_folders_name_the_field(folder, root, split, field, words):
     image_folder.ImageFolderRecords(path, split)
   assert str(e.value).startswith(f"config.{field}=")
   assert words in str(e.value)
-  if words == "no such split folder":
+  if words == "no split 'test' in":
     assert "valid choices: empty, train, val" in str(e.value)
