@@ -1,0 +1,91 @@
+"""JAX's persistent compilation cache, on for one run and off again after it.
+
+A restarted run (preemption, a resumed sweep, `jaxtrain eval` after `train`)
+compiles the same programs again; with the cache it reads the executables from
+disk instead (MaxText's ``jax_cache_dir``; levanter#309). JAX's cache is one
+process-wide setting (``jax_compilation_cache_dir``), so `scoped` sets it for the
+duration of a run and puts back what was there before, resetting JAX's cache
+object both ways (the public `reset_cache`), so that later programs of the same
+process (another run, a test) neither read nor fill this run's cache. Programs
+are cached whatever their compile time (``jax_persistent_cache_min_compile_time_secs``
+= `min_compile_seconds`, 0 by default, where JAX's default 1 s would skip most
+of a small model's programs).
+
+`CacheUse` counts what the cache did through JAX's own monitoring events
+(``/jax/compilation_cache/cache_hits``, ``cache_misses``,
+``compile_time_saved_sec``): a restarted run's log says how much compile time the
+cache saved.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Iterator
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+
+_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+_EVENTS = {"/jax/compilation_cache/cache_hits": "hits",
+           "/jax/compilation_cache/cache_misses": "misses"}
+_SAVED = "/jax/compilation_cache/compile_time_saved_sec"
+
+
+@dataclasses.dataclass
+class CacheUse:
+  """What the cache did during a `scoped` block.
+
+  Attributes:
+    directory: the cache's directory.
+    hits: programs read from the cache.
+    misses: programs compiled and written to it.
+    seconds_saved: compile time the hits saved (JAX's own estimate: the stored
+      compile time minus the time to read the entry).
+  """
+  directory: str
+  hits: int = 0
+  misses: int = 0
+  seconds_saved: float = 0.0
+
+  def summary(self) -> str:
+    total = self.hits + self.misses
+    return (f"Compilation cache {self.directory}: {self.hits} of {total} programs "
+            f"read from it, {self.seconds_saved:.1f} s of compilation saved")
+
+  def _on_event(self, event: str, **kwargs: Any) -> None:
+    del kwargs
+    if event in _EVENTS:
+      setattr(self, _EVENTS[event], getattr(self, _EVENTS[event]) + 1)
+
+  def _on_duration(self, event: str, duration: float, **kwargs: Any) -> None:
+    del kwargs
+    if event == _SAVED:
+      self.seconds_saved += max(float(duration), 0.0)
+
+
+@contextlib.contextmanager
+def scoped(directory: str, min_compile_seconds: float = 0.0) -> Iterator[CacheUse]:
+  """Caches this block's compilations in `directory` and counts the cache's use.
+
+  Args:
+    directory: where the executables go (local path or any path JAX's cache takes).
+    min_compile_seconds: programs that compile faster are not cached.
+
+  Yields:
+    The `CacheUse`, updated as programs compile.
+  """
+  previous = {name: getattr(jax.config, name) for name in _OPTIONS}
+  use = CacheUse(directory)
+  compilation_cache.reset_cache()
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+  jax.monitoring.register_event_listener(use._on_event)  # pylint: disable=protected-access
+  jax.monitoring.register_event_duration_secs_listener(use._on_duration)  # pylint: disable=protected-access
+  try:
+    yield use
+  finally:
+    jax.monitoring.unregister_event_listener(use._on_event)  # pylint: disable=protected-access
+    jax.monitoring.unregister_event_duration_listener(use._on_duration)  # pylint: disable=protected-access
+    for name, value in previous.items():
+      jax.config.update(name, value)
+    compilation_cache.reset_cache()
