@@ -9,7 +9,6 @@ anything is built or compiled, and raises `ConfigError` naming the field.
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib.util
 import inspect
 import math
@@ -19,6 +18,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from jaxtrain.checks import check_choice, check_int, check_keys, keys_of, unknown
 from jaxtrain.errors import ConfigError
 
 PRECISIONS = ("auto", "bfloat16", "float32")
@@ -223,18 +223,18 @@ def _set_field(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
   node = config
   for i, part in enumerate(parents):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      _unknown(".".join(parents[:i + 1]), _keys(node), raw)
+      unknown(".".join(parents[:i + 1]), keys_of(node), raw)
     node = node[part]
   if not isinstance(node, ml_collections.ConfigDict):
     raise ConfigError(key, raw, f"config.{'.'.join(parents)} is not a section")
   if (leaf not in node and not _is_model_kwarg(config, parents, leaf)
       and not _is_loss_option(node, parents, leaf)):
-    known = _keys(node)
+    known = keys_of(node)
     if parents == ["model"]:
       known += list(_model_options(config.model.name))
     if parents == ["loss"]:
       known += _loss_options(node)
-    _unknown(key, known, raw)
+    unknown(key, known, raw)
   old = node[leaf] if leaf in node else None
   value = _parse(raw, old)
   try:
@@ -277,17 +277,6 @@ def _is_loss_option(node, parents, leaf) -> bool:
   return parents == ["loss"] and leaf in _loss_options(node)
 
 
-def _keys(node: Any) -> list[str]:
-  return list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-
-
-def _unknown(key: str, known: list[str], value: Any = None) -> None:
-  leaf = key.rsplit(".", 1)[-1]
-  close = difflib.get_close_matches(leaf, known, n=1)
-  hint = f"did you mean '{close[0]}'?" if close else "no such field"
-  raise ConfigError(key, value, f"unknown key; {hint}", choices=known)
-
-
 def _parse(raw: str, old: Any) -> Any:
   """Parses a command-line string into the type of the field it replaces."""
   if isinstance(old, str):
@@ -324,29 +313,29 @@ def validate(config: ml_collections.ConfigDict,
   # Checks of plain values first: a bad one is reported before JAX is imported. The
   # model, loss and teacher checks read the models' and losses' signatures (JAX).
   base = base_config()
-  _check_keys(config, base, "", skip={"model", "optimizer", "loss", "distill"})
+  check_keys(config, base, "", skip={"model", "optimizer", "loss", "distill"})
   _check_train(config.train)
   _check_stages(config.train)
   _check_ema(config)
   _check_early_stopping(config.train)
-  _check_choice("precision.compute_dtype", config.precision.compute_dtype, PRECISIONS)
-  _check_choice("precision.weight_grad_dtype", config.precision.weight_grad_dtype,
+  check_choice("precision.compute_dtype", config.precision.compute_dtype, PRECISIONS)
+  check_choice("precision.weight_grad_dtype", config.precision.weight_grad_dtype,
                 WEIGHT_GRAD_DTYPES)
-  _check_choice("checkpoint.restore", config.checkpoint.restore, RESTORE_MODES)
-  _check_int("checkpoint.every", config.checkpoint.every, minimum=0)
-  _check_int("checkpoint.keep", config.checkpoint.keep, minimum=1)
+  check_choice("checkpoint.restore", config.checkpoint.restore, RESTORE_MODES)
+  check_int("checkpoint.every", config.checkpoint.every, minimum=0)
+  check_int("checkpoint.keep", config.checkpoint.keep, minimum=1)
   for axis in ("data", "fsdp", "model"):
     size = config.mesh[axis]
     if not isinstance(size, int) or (size < 1 and size != -1):
       raise ConfigError(f"mesh.{axis}", size, "a mesh axis size is a positive int, "
                         "or -1 to fill the remaining devices")
-  _check_int("seed", config.seed, minimum=0)
+  check_int("seed", config.seed, minimum=0)
   from jaxtrain.data import sources  # pylint: disable=g-import-not-at-top
   from jaxtrain.optim import defaults as optim_defaults  # pylint: disable=g-import-not-at-top
   from jaxtrain.parallel import rules  # pylint: disable=g-import-not-at-top
   rules.check(config.sharding.rules)
-  _check_keys(config.optimizer, optim_defaults.default_config(), "optimizer.",
-              skip={"schedule", "kwargs"})
+  check_keys(config.optimizer, optim_defaults.default_config(), "optimizer.",
+             skip={"schedule", "kwargs"})
   optim_defaults.check_schedule_values(config.optimizer.schedule)
   sources.validate(config.data)
   _check_unread(config, base, given)  # plain values, before JAX is imported
@@ -376,48 +365,31 @@ def _check_unread_model_options(config, given: Sequence[str]) -> None:
   unread_fields.check_model_options(config, given)
 
 
-def _check_keys(config, base, prefix, skip=()) -> None:
-  for key in base.keys():
-    if key not in config:
-      raise ConfigError(prefix + key, None, "missing; an experiment's get_config() "
-                        "starts from jaxtrain.config.base_config(), which has every "
-                        "field")
-  for key in config.keys():
-    if key in skip:
-      continue
-    if key not in base:
-      _unknown(prefix + key, _keys(base), config[key])
-    if isinstance(base[key], ml_collections.ConfigDict):
-      if not isinstance(config[key], ml_collections.ConfigDict):
-        raise ConfigError(prefix + key, config[key], "this is a section, not a value")
-      _check_keys(config[key], base[key], prefix + key + ".")
-
-
 def _check_model(config) -> None:
   allowed = ["name", *_model_options(config.model.name)]
   for key in config.model.keys():
     if key not in allowed:
-      _unknown(f"model.{key}", allowed, config.model[key])
+      unknown(f"model.{key}", allowed, config.model[key])
   from jaxtrain.models import registry  # pylint: disable=g-import-not-at-top
   registry.check_option_values(config.model.name,
                                {k: v for k, v in config.model.items() if k != "name"})
 
 
 def _check_train(train) -> None:
-  _check_int("train.batch_size", train.batch_size, minimum=1)
-  _check_int("train.num_steps", train.num_steps, minimum=1)
-  _check_int("train.log_every", train.log_every, minimum=1)
-  _check_int("train.eval_every", train.eval_every, minimum=0)
-  _check_int("train.eval_batch_size", train.eval_batch_size, minimum=0)
+  check_int("train.batch_size", train.batch_size, minimum=1)
+  check_int("train.num_steps", train.num_steps, minimum=1)
+  check_int("train.log_every", train.log_every, minimum=1)
+  check_int("train.eval_every", train.eval_every, minimum=0)
+  check_int("train.eval_batch_size", train.eval_batch_size, minimum=0)
   if not (math.isfinite(train.num_epochs) and train.num_epochs >= 0):
     raise ConfigError("train.num_epochs", train.num_epochs,
                       "use a number of epochs >= 0 (0: use train.num_steps)")
   if not 0.0 <= train.label_smoothing < 1.0:
     raise ConfigError("train.label_smoothing", train.label_smoothing,
                       "label smoothing is in [0, 1)")
-  _check_choice("train.on_nonfinite", train.on_nonfinite, NONFINITE_MODES)
-  _check_int("train.max_consecutive_skips", train.max_consecutive_skips, minimum=1)
-  _check_int("train.steps_per_dispatch", train.steps_per_dispatch, minimum=1)
+  check_choice("train.on_nonfinite", train.on_nonfinite, NONFINITE_MODES)
+  check_int("train.max_consecutive_skips", train.max_consecutive_skips, minimum=1)
+  check_int("train.steps_per_dispatch", train.steps_per_dispatch, minimum=1)
   profile = tuple(train.profile_steps)
   if (len(profile) != 2 or not all(isinstance(s, int) and s >= 0 for s in profile)
       or (profile != (0, 0) and profile[1] <= profile[0])):
@@ -464,8 +436,8 @@ def _check_early_stopping(train) -> None:
     raise ConfigError("train.early_stopping.metric", es.metric, "name an eval "
                       "metric, e.g. 'eval/accuracy', 'eval/loss' or "
                       "'eval_ema/accuracy', or '' for off")
-  _check_choice("train.early_stopping.mode", es.mode, EARLY_STOPPING_MODES)
-  _check_int("train.early_stopping.patience", es.patience, minimum=0)
+  check_choice("train.early_stopping.mode", es.mode, EARLY_STOPPING_MODES)
+  check_int("train.early_stopping.patience", es.patience, minimum=0)
   if not (isinstance(es.min_delta, (int, float)) and es.min_delta >= 0):
     raise ConfigError("train.early_stopping.min_delta", es.min_delta,
                       "use a number >= 0")
@@ -479,11 +451,11 @@ def _check_early_stopping(train) -> None:
 
 def _check_distill(config) -> None:
   distill = config.distill
-  _check_keys(distill, base_config().distill, "distill.", skip={"teacher_model"})
+  check_keys(distill, base_config().distill, "distill.", skip={"teacher_model"})
   if not isinstance(distill.teacher_workdir, str):
     raise ConfigError("distill.teacher_workdir", distill.teacher_workdir,
                       "use a workdir path, or '' for no teacher")
-  _check_int("distill.teacher_step", distill.teacher_step, minimum=0)
+  check_int("distill.teacher_step", distill.teacher_step, minimum=0)
   teacher = distill.teacher_model
   if not isinstance(teacher, ml_collections.ConfigDict) or "name" not in teacher:
     raise ConfigError("distill.teacher_model", teacher, "a section with a 'name' "
@@ -492,23 +464,8 @@ def _check_distill(config) -> None:
     allowed = ["name", *_model_options(teacher.name)]
     for key in teacher.keys():
       if key not in allowed:
-        _unknown(f"distill.teacher_model.{key}", allowed, teacher[key])
+        unknown(f"distill.teacher_model.{key}", allowed, teacher[key])
     from jaxtrain.models import registry  # pylint: disable=g-import-not-at-top
     registry.check_option_values(teacher.name, {k: v for k, v in teacher.items()
                                                 if k != "name"},
                                  "distill.teacher_model.")
-
-
-MAX_INT = 2**31 - 1  # steps, sizes and seeds are int32 somewhere downstream
-
-
-def _check_int(field: str, value: Any, minimum: int, maximum: int = MAX_INT) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ConfigError(field, value, f"use an integer >= {minimum}")
-  if value > maximum:
-    raise ConfigError(field, value, f"use an integer <= {maximum}")
-
-
-def _check_choice(field: str, value: Any, choices: Sequence[str]) -> None:
-  if value not in choices:
-    raise ConfigError(field, value, "not a known choice", choices=choices)

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain.data import tfds_source, transforms
+from jaxtrain.checks import is_int
 from jaxtrain.errors import ConfigError
 
 SOURCES = ("tfds", "arrays", "synthetic")
@@ -76,10 +77,10 @@ def validate(data: ml_collections.ConfigDict) -> None:
   for field in ("num_workers", "prefetch"):
     # Each is a process or a thread (and a batch held): past a few per core they
     # add memory, not speed.
-    if not (_is_int(data[field], minimum=0) and data[field] <= MAX_WORKERS):
+    if not is_int(data[field], 0, MAX_WORKERS):
       raise ConfigError(f"data.{field}", data[field], f"use an integer in [0, "
                         f"{MAX_WORKERS}] (a few per CPU core at most help)")
-  if not _is_int(data.aug_repeats, minimum=1):
+  if not is_int(data.aug_repeats, 1):
     raise ConfigError("data.aug_repeats", data.aug_repeats, "use an integer >= 1 "
                       "(1: no repeated augmentation; DeiT/timm use 3)")
   if data.aug_repeats > 1 and not transforms.parse(
@@ -95,7 +96,7 @@ def validate(data: ml_collections.ConfigDict) -> None:
     raise ConfigError("data.synthetic.image_shape", syn.image_shape,
                       "use (height, width, channels) of positive ints")
   for field in ("num_classes", "num_examples"):
-    if not _is_int(syn[field], minimum=1):
+    if not is_int(syn[field], 1):
       raise ConfigError(f"data.synthetic.{field}", syn[field], "use an integer >= 1")
   memory, need = host_memory_bytes(), 4 * int(np.prod(syn.image_shape))
   if data.source == "synthetic" and memory and need > memory:
@@ -113,13 +114,9 @@ def host_memory_bytes() -> int:
     return 0
 
 
-def _is_int(value: Any, minimum: int) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def _is_shape(value: Any) -> bool:
   return (isinstance(value, (tuple, list)) and len(value) == 3
-          and all(_is_int(v, 1) for v in value))
+          and all(is_int(v, 1) for v in value))
 
 
 class Records(Protocol):

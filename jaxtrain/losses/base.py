@@ -15,6 +15,7 @@ from typing import Any, Mapping, Protocol
 import jax
 import jax.numpy as jnp
 
+from jaxtrain import checks
 from jaxtrain.errors import ConfigError
 
 Batch = Mapping[str, jax.Array]
@@ -76,8 +77,8 @@ def check_number(option: str, value: Any, low: float, high: float = math.inf, *,
 
 
 def check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ConfigError(f"loss.{option}", value, "not a known choice", choices=choices)
+  """Raises ConfigError naming ``loss.<option>`` unless `value` is in `choices`."""
+  checks.check_choice(f"loss.{option}", value, choices)
 
 
 REDUCTIONS = ("mean", "sum")

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import PartitionSpec
 
+from jaxtrain.checks import is_int
 from jaxtrain.errors import ConfigError
 
 # Logical axis names (see the jaxtrain.models docstring for the rule table).
@@ -97,19 +98,15 @@ def check_model_config(name: str, kwargs: Mapping[str, Any]) -> None:
       raise ConfigError(f"model.{key}", None, f"required by model {name!r}")
 
 
-def _is_size(v: Any) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
 def _expects(hint: Any) -> tuple[str, Any] | None:
   """(what the option takes, a test of a value) for the annotation `hint`."""
   origin, args = typing.get_origin(hint), typing.get_args(hint)
   if hint is bool:
     return "true or false", lambda v: isinstance(v, bool)
   if hint is int:  # every int option is a size, a depth or a count
-    return "an integer >= 1", _is_size
+    return "an integer >= 1", lambda v: is_int(v, 1)
   if origin in (typing.Union, types.UnionType) and set(args) == {int, type(None)}:
-    return "an integer >= 1 or None", lambda v: v is None or _is_size(v)
+    return "an integer >= 1 or None", lambda v: v is None or is_int(v, 1)
   if hint is float:
     return "a finite number >= 0", lambda v: (
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -118,7 +115,7 @@ def _expects(hint: Any) -> tuple[str, Any] | None:
     return "a string", lambda v: isinstance(v, str)
   if origin in (collections.abc.Sequence, tuple) and args in ((int,), (int, ...)):
     return "a tuple of integers >= 1", lambda v: (
-        isinstance(v, (tuple, list)) and all(_is_size(x) for x in v))
+        isinstance(v, (tuple, list)) and all(is_int(x, 1) for x in v))
   return None
 
 

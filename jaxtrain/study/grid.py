@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
+from jaxtrain.checks import MAX_INT, check_keys, is_int
 from jaxtrain.errors import ConfigError
 
 LR_RULES = ("linear", "sqrt", "grid")
@@ -37,7 +38,6 @@ GRID_CENTERS = ("none", "linear", "sqrt")
 VECTOR_FIELDS = ("optimizer.learning_rate", "optimizer.momentum", "optimizer.b1",
                  "optimizer.weight_decay", "optimizer.schedule.warmup_steps", "seed")
 _B1_OPTIMIZERS = ("adam", "adamw", "lamb")
-MAX_INT = 2**31 - 1  # steps and seeds are int32 downstream
 
 
 def study_defaults() -> ml_collections.ConfigDict:
@@ -139,10 +139,6 @@ def _fail(field: str, value: Any, fix: str, choices=None) -> None:
   raise ConfigError(f"study.{field}", value, fix, choices)
 
 
-def _is_int(v: Any, minimum: int) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-
 def _is_number(v: Any, minimum: float) -> bool:
   return (isinstance(v, (int, float)) and not isinstance(v, bool)
           and math.isfinite(v) and v >= minimum)
@@ -157,23 +153,6 @@ def _check_tuple(study, field: str, ok: Callable[[Any], bool], what: str,
                                                     " (at least one)"))
 
 
-def _check_keys(node: ml_collections.ConfigDict, allowed: ml_collections.ConfigDict,
-                prefix: str, skip: Sequence[str] = ()) -> None:
-  import difflib  # pylint: disable=g-import-not-at-top
-  for key in node.keys():
-    if key in skip:
-      continue
-    if key not in allowed:
-      close = difflib.get_close_matches(key, list(allowed.keys()), n=1)
-      hint = f"did you mean '{close[0]}'?" if close else "no such field"
-      raise ConfigError(f"{prefix}{key}", node[key], f"unknown key; {hint}",
-                        choices=list(allowed.keys()))
-    if isinstance(allowed[key], ml_collections.ConfigDict):
-      if not isinstance(node[key], ml_collections.ConfigDict):
-        raise ConfigError(f"{prefix}{key}", node[key], "this is a section")
-      _check_keys(node[key], allowed[key], f"{prefix}{key}.")
-
-
 def validate_study(study: ml_collections.ConfigDict,
                    given: Sequence[str] = ()) -> None:
   """Checks every field of the study section; raises ConfigError naming it.
@@ -183,14 +162,16 @@ def validate_study(study: ml_collections.ConfigDict,
   """
   from jaxtrain import optim  # pylint: disable=g-import-not-at-top
   from jaxtrain.study import targets  # pylint: disable=g-import-not-at-top
-  _check_keys(study, study_defaults(), "study.", skip=("optimizer_configs",))
-  _check_tuple(study, "batch_sizes", lambda v: _is_int(v, 1) and v <= MAX_INT,
+  check_keys(study, study_defaults(), "study.", skip=("optimizer_configs",),
+             complete=False)
+  _check_tuple(study, "batch_sizes", lambda v: is_int(v, 1, MAX_INT),
                "ints >= 1")
   _check_tuple(study, "optimizers", lambda v: isinstance(v, str) and v, "labels")
   for label, section in study.optimizer_configs.items():
     if not isinstance(section, ml_collections.ConfigDict):
       _fail(f"optimizer_configs.{label}", section, "use a section of optimizer fields")
-    _check_keys(section, optim.default_config(), f"study.optimizer_configs.{label}.")
+    check_keys(section, optim.default_config(), f"study.optimizer_configs.{label}.",
+               complete=False)
   for label in study.optimizers:
     name = study.optimizer_configs[label].get("name", label) if (
         label in study.optimizer_configs) else label
@@ -204,10 +185,10 @@ def validate_study(study: ml_collections.ConfigDict,
     _fail("lr_grid_center", study.lr_grid_center, "unknown rule", GRID_CENTERS)
   _check_tuple(study, "lr_grid", lambda v: _is_number(v, 0) and v > 0,
                "positive multipliers")
-  if not _is_int(study.base_batch_size, 1):
+  if not is_int(study.base_batch_size, 1):
     _fail("base_batch_size", study.base_batch_size, "use an int >= 1")
   _check_tuple(study, "warmup_epochs", lambda v: _is_number(v, 0), "numbers >= 0")
-  _check_tuple(study, "seeds", lambda v: _is_int(v, 0) and v <= MAX_INT,
+  _check_tuple(study, "seeds", lambda v: is_int(v, 0, MAX_INT),
                f"ints in [0, {MAX_INT}]")
   _check_tuple(study, "momentum", lambda v: _is_number(v, 0) and v < 1,
                "numbers in [0, 1)", allow_empty=True)
@@ -215,10 +196,10 @@ def validate_study(study: ml_collections.ConfigDict,
                allow_empty=True)
   targets.parse(study.target, "study.target")
   for field in ("eval_every", "max_trials_per_group"):
-    if not _is_int(study[field], 0 if field == "eval_every" else 1):
+    if not is_int(study[field], 0 if field == "eval_every" else 1):
       _fail(field, study[field], "use an int >= " + ("0" if field == "eval_every"
                                                      else "1"))
-  if not (_is_int(study.max_steps, 1) and study.max_steps <= MAX_INT):
+  if not is_int(study.max_steps, 1, MAX_INT):
     _fail("max_steps", study.max_steps, f"use an int in [1, {MAX_INT}]")
   for field in ("eval_every_epochs", "max_epochs", "divergence_loss"):
     if not _is_number(study[field], 0):
