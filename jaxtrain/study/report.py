@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from etils import epath
 
 from jaxtrain.errors import ConfigError
-from jaxtrain.study import plots, sweep, targets
+from jaxtrain.study import plots, results, targets
 
 PERFECT_EFFICIENCY = 0.7
 FLAT_GAIN = 0.1
@@ -163,9 +163,9 @@ def write(workdir: str) -> str:
   """Regenerates the plots and report.md in `workdir` (a local directory or
   gs://BUCKET/PATH: written through etils.epath); returns the Markdown."""
   root = epath.Path(workdir)
-  header, records = sweep.load_results(workdir)
+  header, records = results.load_results(workdir)
   if not records:
-    raise FileNotFoundError(f"no trials in {root / sweep.RESULTS_JSON}"
+    raise FileNotFoundError(f"no trials in {root / results.RESULTS_JSON}"
                             "; run `jaxtrain sweep --workdir` there first")
   target = header.get("target", "")
   plots.steps_to_target(records, root / "steps_to_target.png", target)
@@ -175,7 +175,7 @@ def write(workdir: str) -> str:
                         parsed.metric if parsed else "eval/accuracy",
                         parsed.value if parsed else None)
   text = markdown(header, records)
-  sweep.write_atomic(root / "report.md", text)
+  results.write_atomic(root / "report.md", text)
   return text
 
 

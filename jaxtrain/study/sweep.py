@@ -12,7 +12,7 @@ target is its steps-to-target (Shallue et al. 2018, arXiv 1811.03600), and with
 step budget.
 
 After each group `DIR/results.json` (with learning curves) and `DIR/results.csv` are
-rewritten atomically, by process 0 only, through `etils.epath` (DIR may be a local
+rewritten (`study.results`: atomically, by process 0 only; DIR may be a local
 directory or gs://BUCKET/PATH). A re-run with the same study and workdir skips every
 trial already there (a trial's id hashes its whole config); a group interrupted by
 SIGTERM/SIGINT is run again from its start. A re-run with another target recomputes
@@ -21,8 +21,6 @@ rules or a grid that drops stored trials is refused (`rerun`).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -37,71 +35,8 @@ from etils import epath
 from jaxtrain import runner
 from jaxtrain.data import pipeline, sources
 from jaxtrain.errors import ConfigError
-from jaxtrain.study import grid, rerun, targets, vectorized
-
-RESULTS_JSON = "results.json"
-RESULTS_CSV = "results.csv"
-COLUMNS = ("trial", "batch_size", "optimizer", "learning_rate", "warmup_epochs",
-           "warmup_steps", "seed", "momentum", "weight_decay", "num_steps",
-           "eval_every", "status", "steps_to_target", "examples_to_target",
-           "diverged", "steps_run", "wall_time_s", "group_size")
-Record = dict[str, Any]
-
-
-def load_results(workdir: str) -> tuple[dict[str, Any], list[Record]]:
-  """(header, trial records) from DIR/results.json; ({}, []) when absent."""
-  path = epath.Path(workdir) / RESULTS_JSON
-  if not path.exists():
-    return {}, []
-  try:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    trials = data["trials"]
-  except (ValueError, KeyError, TypeError) as e:
-    raise ConfigError("--workdir", workdir, f"{path} is not a sweep's results file "
-                      f"({type(e).__name__}: {str(e)[:100]}); move it away, or use "
-                      "another --workdir") from None
-  return {k: v for k, v in data.items() if k != "trials"}, trials
-
-
-def write_atomic(path: epath.Path, data: str | bytes) -> None:
-  """Writes a whole file that readers see either as before or complete.
-
-  Locally through a temporary file and a rename. An object store's upload is
-  atomic already (and its "rename" a copy), so the object is written directly.
-  """
-  if "://" in str(path):
-    tmp = path
-  else:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-  if isinstance(data, bytes):
-    tmp.write_bytes(data)
-  else:
-    tmp.write_text(data, encoding="utf-8")
-  if tmp != path:
-    tmp.replace(path)
-
-
-def write_results(workdir: str, header: dict[str, Any],
-                  records: Sequence[Record]) -> None:
-  """Writes results.json (everything) and results.csv (one row per trial)."""
-  if jax.process_index() != 0:
-    return
-  root = epath.Path(workdir)
-  write_atomic(root / RESULTS_JSON,
-               json.dumps({**header, "trials": list(records)}, indent=1))
-  finals = sorted({k for r in records for k in r.get("final", {})})
-  f = io.StringIO(newline="")
-  w = csv.writer(f)
-  w.writerow([*COLUMNS, *(f"final/{k}" for k in finals)])
-  for r in records:
-    w.writerow([_csv(r.get(c)) for c in COLUMNS]
-               + [_csv(r.get("final", {}).get(k)) for k in finals])
-  write_atomic(root / RESULTS_CSV, f.getvalue())
-
-
-def _csv(value: Any) -> Any:
-  return "" if value is None else value
-
+from jaxtrain.study import grid, rerun, results, targets, vectorized
+from jaxtrain.study.results import Record
 
 class _Track:
   """One trial's progress inside a running group."""
@@ -259,9 +194,9 @@ def _watch(watcher, workdir: str) -> None:
     return
   watcher.announce = jax.process_index() == 0
   watcher.multiprocess = jax.process_count() > 1
-  results = epath.Path(workdir) / RESULTS_JSON
+  path = epath.Path(workdir) / results.RESULTS_JSON
   watcher.describe_stop = lambda: (
-      f"stopping after the current step; the finished trials are kept in {results} "
+      f"stopping after the current step; the finished trials are kept in {path} "
       "and the group in progress runs again on a re-run")
 
 
@@ -293,8 +228,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
   header = json.loads(json.dumps({
       "target": str(target), "study": study.to_dict(),
       "experiment": experiment.to_dict(), "num_train_examples": len(train_source)}))
-  stored, previous = load_results(workdir)
-  where = str(epath.Path(workdir) / RESULTS_JSON)
+  stored, previous = results.load_results(workdir)
+  where = str(epath.Path(workdir) / results.RESULTS_JSON)
   _agree(lambda: rerun.check_same_study(stored, header, previous,
                                         [t.id for t in trials], where))
   done = rerun.reuse(stored, previous, target, study.stop_at_target, study.prune,
@@ -302,7 +237,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
   todo = [t for t, finished in zip(trials, _finished(trials, done)) if not finished]
   if len(todo) < len(trials):
     log(f"Resuming: {len(trials) - len(todo)} of {len(trials)} trials already in "
-        f"{epath.Path(workdir) / RESULTS_JSON}")
+        f"{epath.Path(workdir) / results.RESULTS_JSON}")
   max_size = study.max_trials_per_group if study.vectorize else 1
   group_list = grid.groups(
       todo, max_size, lambda t: vectorized.supports_trial(t.config))
@@ -318,9 +253,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
     for r in records:
       done[r["trial"]] = r
       log(f"  {r['trial']}: {_outcome(r)}, {r['wall_time_s']:.1f} s")
-    write_results(workdir, header, [done[t.id] for t in trials if t.id in done])
+    results.write_results(workdir, header, [done[t.id] for t in trials if t.id in done])
   records = [done[t.id] for t in trials if t.id in done]
-  write_results(workdir, header, records)
+  results.write_results(workdir, header, records)
   return records
 
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from jaxtrain import cli
-from jaxtrain.study import grid, report, sweep
+from jaxtrain.study import grid, report, results, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUDY = os.path.join(ROOT, "experiments", "scaling", "digits_cnn.py")
@@ -47,7 +47,7 @@ def resumed(tmp_path_factory):
 
 def test_trials_record_steps_to_target_pruning_and_divergence(resumed):
   workdir = resumed[0]
-  _, records = sweep.load_results(workdir)
+  _, records = results.load_results(workdir)
   assert [(r["batch_size"], r["status"]) for r in records] == [
       (16, "pruned"), (16, "reached"), (16, "diverged"),
       (32, "pruned"), (32, "reached"), (32, "diverged")]
@@ -77,7 +77,7 @@ def test_report_regenerates_plots_and_the_summary_table(resumed, capsys):
   for name in ("steps_to_target.png", "best_learning_rate.png",
                "learning_curves.png", "report.md"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
-  _, records = sweep.load_results(workdir)
+  _, records = results.load_results(workdir)
   best = {r["batch_size"]: r for r in records if r["status"] == "reached"}
   assert f"| sgd | 16 | {best[16]['steps_to_target']} |" in out
   rows = report.summary_rows(records)
@@ -92,7 +92,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(resumed):
   assert "Resuming: 3 of 6 trials already in" in out
   assert [line[:6] for line in out.splitlines() if line.startswith("[")] == [
       "[1/1] "]  # only the second group ran again
-  _, records = sweep.load_results(workdir)
+  _, records = results.load_results(workdir)
   assert len(records) == 6
   by_id = {r["trial"]: r for r in records}
   for r in partial:  # kept as they were, not run again
@@ -120,8 +120,8 @@ def test_rerun_with_another_target_recomputes_from_the_stored_curves(resumed,
           ">= 0.4': steps to target recomputed from the stored learning curves of "
           "6 trial(s)") in out
   assert not [line for line in out.splitlines() if line.startswith("[")]  # no run
-  header, records = sweep.load_results(workdir)
-  _, fresh = sweep.load_results(resumed[0])  # run for 0.4 from the start
+  header, records = results.load_results(workdir)
+  _, fresh = results.load_results(resumed[0])  # run for 0.4 from the start
   assert header["target"] == "eval/accuracy >= 0.4"
   assert _without_timing(records) == _without_timing(fresh)
   with open(os.path.join(workdir, "report.md")) as f:
