@@ -138,7 +138,8 @@ def create_train_state(model: Any, tx: Any, input_shape: tuple[int, ...], seed: 
   Args:
     model: the Flax linen model.
     tx: the optax transformation (its state is created sharded like the params).
-    input_shape: shape of one input batch, e.g. ``(8, 224, 224, 3)``.
+    input_shape: shape of one example, (height, width, channels), e.g.
+      ``(224, 224, 3)``; the init runs on a batch of one.
     seed: seed of the init and of the state's rng.
     mesh: the device mesh.
     rules: logical axis rules (``config.sharding.rules``).

@@ -93,8 +93,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       (`precision.weight_grads`).
 
   Returns:
-    ``train_step(state, sums, batch) -> (state, sums)``: one update, with this
-    step's metrics added to the running `sums`.
+    ``step(state, batch) -> (state, metrics)``: one update and this step's metric
+    sums (add them to running totals with `accumulate`).
   """
   if loss is None:
     loss = losses.SoftmaxCrossEntropy(label_smoothing)

@@ -32,3 +32,16 @@ def documented_names(section: str) -> set[str]:
     if len(line) - len(line.lstrip()) == indent and entry:
       names.update(entry.group(1).split(", "))
   return names
+
+
+# ``name(a, b) -> (x, y)`` or ``name(a) -> x`` in a Returns section.
+CALL = re.compile(r"``(\w+)\(([^)]*)\)\s*->\s*(\([^)]*\)|\w+)")
+
+
+def documented_call(returns: str) -> tuple[str, list[str], list[str]] | None:
+  """(name, parameters, results) of the call signature a Returns section shows."""
+  match = CALL.search(" ".join(returns.split()))
+  if not match:
+    return None
+  split = lambda s: [w.strip() for w in s.strip("()").split(",") if w.strip()]  # noqa: E731
+  return match.group(1), split(match.group(2)), split(match.group(3))
