@@ -59,9 +59,12 @@ RUN_RULES: tuple[Rule, ...] = (
              ("image_shape", "num_classes", "num_examples")],
             _when("data.source", lambda v: v == "synthetic", "is not synthetic"),
             "set data.source=synthetic", only_given=True),
-    *_rules(["data.data_dir", "data.image_key", "data.label_key"],
-            _when("data.source", lambda v: v == "tfds", "reads no TFDS files"),
-            "set data.source=tfds"),
+    *_rules(["data.data_dir"], _when(
+        "data.source", lambda v: v in ("tfds", "image_folder", "hf"),
+        "reads no files"), "set data.source=tfds, image_folder or hf"),
+    *_rules(["data.image_key", "data.label_key"], _when(
+        "data.source", lambda v: v in ("tfds", "hf"), "has no named features"),
+            "set data.source=tfds or hf"),
     # A recipe names its teacher's model; the command line gives its workdir.
     *(Rule(f, lambda s: bool(get(s, "distill.teacher_workdir")) or (
         get(s, "loss.name") == "distillation"),

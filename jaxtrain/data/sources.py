@@ -13,6 +13,12 @@ examples come from (`config.data.source`):
   prepared on first use. The default.
 - "arrays": in-memory arrays registered by name (`register_arrays`; `digits` built in).
 - "synthetic": uint8 noise images of any shape, for benchmarks and pod dry runs.
+- "image_folder": your own images, `data_dir/<split>/<class>/<file>`
+  (`jaxtrain.data.image_folder`).
+- "hf": a Hugging Face dataset on disk, `save_to_disk` or Parquet files in
+  `data_dir` (`jaxtrain.data.hf_source`).
+
+Splits of all but "arrays" take TFDS's slice syntax (``train[:90%]``).
 
 Everything that can be checked without reading data is checked by `validate`;
 `get_source` checks the rest (dataset, split, data_dir, transforms on real examples,
@@ -31,7 +37,8 @@ from jaxtrain.data import tfds_source, transforms
 from jaxtrain.checks import is_int
 from jaxtrain.errors import ConfigError
 
-SOURCES = ("tfds", "arrays", "synthetic")
+SOURCES = ("tfds", "arrays", "synthetic", "image_folder", "hf")
+FOLDER_SOURCES = ("image_folder", "hf")  # read from data.data_dir
 MAX_WORKERS = 1024  # data.num_workers / data.prefetch
 Batch = dict[str, np.ndarray]
 ArraySplits = Callable[[], tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]]
@@ -40,14 +47,15 @@ ArraySplits = Callable[[], tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]]
 def default_config() -> ml_collections.ConfigDict:
   """The `config.data` section: every field a source or transform reads."""
   return ml_collections.ConfigDict(dict(
-      source="tfds",          # tfds | arrays | synthetic
+      source="tfds",          # tfds | arrays | synthetic | image_folder | hf
       name="digits",          # dataset name (tfds: name[/config][:version])
       train_split="train",    # TFDS split spec, slices allowed: "train[:90%]"
       eval_split="test",
       data_dir="",            # tfds: prepared datasets ("": $TFDS_DATA_DIR or
-                              # ~/.cache/jaxtrain/tensorflow_datasets)
-      image_key="image",      # tfds: feature holding the image
-      label_key="label",      # tfds: ClassLabel feature holding the class
+                              # ~/.cache/jaxtrain/tensorflow_datasets);
+                              # image_folder, hf: the dataset's folder
+      image_key="image",      # tfds, hf: feature holding the image
+      label_key="label",      # tfds, hf: ClassLabel feature holding the class
       train_transforms="",    # ops joined by "|" (jaxtrain.data.transforms)
       eval_transforms="",     # per-example ops only
       image_shape=(),         # (H, W, C) the model expects; (): whatever comes out
@@ -68,6 +76,9 @@ def validate(data: ml_collections.ConfigDict) -> None:
                       choices=SOURCES)
   if not (isinstance(data.name, str) and data.name):
     raise ConfigError("data.name", data.name, "name the dataset")
+  if data.source in FOLDER_SOURCES and not data.data_dir:
+    raise ConfigError("data.data_dir", data.data_dir, f"data.source={data.source!r} "
+                      "reads the dataset's folder: give its path")
   if data.source == "arrays" and data.name not in _ARRAYS:
     raise ConfigError("data.name", data.name, "no in-memory dataset of that name; "
                       "register one with sources.register_arrays", choices=_ARRAYS)
@@ -288,12 +299,27 @@ def get_source(data: ml_collections.ConfigDict, split: str) -> Source:
                         f"in-memory dataset '{data.name}' has no such split",
                         choices=splits)
     source = ArraySource(*splits[split], num_classes, **options)
+  elif data.source in FOLDER_SOURCES:
+    records = _folder_records(data, split)
+    source = Source(records, records.num_classes, **options)
   else:
     syn = data.synthetic
     source = Source(SyntheticRecords(tuple(syn.image_shape), syn.num_classes,
                                      syn.num_examples), syn.num_classes, **options)
   _check_images(source, data, split)
   return source
+
+
+def _folder_records(data: ml_collections.ConfigDict, split: str) -> Records:
+  """An image folder's or a Hugging Face folder's split (imported here: pyarrow
+  and epath stay out of the CLI's start-up)."""
+  field = tfds_source.split_field(data, split)
+  if data.source == "image_folder":
+    from jaxtrain.data import image_folder  # pylint: disable=g-import-not-at-top
+    return image_folder.ImageFolderRecords(data.data_dir, split, split_field=field)
+  from jaxtrain.data import hf_source  # pylint: disable=g-import-not-at-top
+  return hf_source.HuggingFaceRecords(data.data_dir, split, data.image_key,
+                                      data.label_key, fields={"split": field})
 
 
 def _decodes(chain: transforms.Chain) -> bool:
