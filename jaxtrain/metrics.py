@@ -1,4 +1,5 @@
-"""Metric writers: console progress, `metrics.jsonl` and TensorBoard event files.
+"""Metric writers: console progress, `metrics.jsonl`, TensorBoard event files and
+experiment trackers (`jaxtrain.trackers`: Weights & Biases, MLflow).
 
 Only process 0 writes. Values arrive as host floats, already divided by their counts.
 `metrics.jsonl` has one object per logged step: `{"step": k, "train/loss": ...}`;
@@ -19,11 +20,13 @@ import os
 import sys
 import threading
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
 from etils import epath
+
+from jaxtrain.trackers import Tracker
 
 TIMING_KEYS = frozenset({"train/steps_per_sec", "train/examples_per_sec",
                          "train/data_wait_fraction"})
@@ -117,14 +120,17 @@ class ObjectLog:
 
 
 class Writer:
-  """Writes to console, JSONL and TensorBoard; a no-op on processes other than 0."""
+  """Writes to console, JSONL, TensorBoard and `trackers`; a no-op on processes
+  other than 0 (whose `trackers` the caller does not create)."""
 
-  def __init__(self, workdir: str, total_steps: int, stream=None):
+  def __init__(self, workdir: str, total_steps: int, stream=None,
+               trackers: Sequence[Tracker] = ()):
     self._active = jax.process_index() == 0
     self._total = total_steps
     self._stream = stream or sys.stdout
     self._t0 = time.perf_counter()
     self._tb = None
+    self._trackers = list(trackers)
     if not self._active:
       return
     # epath: the same code writes local paths and gs:// workdirs (with gcsfs).
@@ -146,6 +152,8 @@ class Writer:
     self._jsonl.flush()
     for k, v in values.items():
       self._tb.add_scalar(k, v, step)
+    for tracker in self._trackers:
+      tracker.write(step, values)
     self._console(step, values)
 
   def _console(self, step: int, values: Mapping[str, float]) -> None:
@@ -197,7 +205,7 @@ class Writer:
     if not self._active:
       return
     failing = sys.exc_info()[1] is not None  # called from a `finally`
-    for f in (self._jsonl, self._tb):
+    for f in (self._jsonl, self._tb, *self._trackers):
       try:
         f.close()
       except Exception as e:  # pylint: disable=broad-except  (OSError, GCS API errors)

@@ -142,3 +142,24 @@ def test_flatten_joins_nested_keys_with_dots():
   assert trackers.flatten(CONFIG) == {
       "seed": 0, "optimizer.name": "lars", "optimizer.learning_rate": 0.1,
       "optimizer.schedule.name": "cosine"}
+
+
+def test_the_metrics_writer_hands_every_jsonl_row_to_its_trackers(tmp_path,
+                                                                  monkeypatch):
+  pytest.importorskip("mlflow")
+  monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+  from jaxtrain import metrics  # pylint: disable=g-import-not-at-top
+  uri, workdir = (tmp_path / "mlruns").as_uri(), str(tmp_path / "run")
+  os.makedirs(workdir)
+  tracker = trackers.MlflowTracker(workdir, CONFIG, tracking_uri=uri)
+  writer = metrics.Writer(workdir, total_steps=20, stream=open(os.devnull, "w"),
+                          trackers=[tracker])
+  for step, row in ROWS:
+    writer.write(step, row)
+  writer.close()
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  jsonl = {(r["step"], k, v) for r in rows for k, v in r.items() if k != "step"}
+  got, run = _mlflow_history(uri, tracker.run_id)
+  assert got == jsonl and len(got) == 6
+  assert run.info.status == "FINISHED"  # the writer closed it
