@@ -5,6 +5,7 @@ import json
 import math
 import os
 import struct
+import time
 
 import pytest
 
@@ -107,6 +108,11 @@ def test_wandb_offline_receives_every_row_and_a_resume_continues_the_run(
   first.close()
   with open(os.path.join(workdir, trackers.RUN_IDS)) as f:
     run_id = json.load(f)["wandb"]
+  # W&B names an offline run's folder offline-run-<YYYYmmdd_HHMMSS>-<id>: a resume
+  # within the same second shares the first one's folder and file name, which the
+  # reader above does not split into two logs. A real restart takes longer than a
+  # second; here, wait for the next one.
+  time.sleep(1.0 - time.time() % 1.0 + 0.01)
   second = trackers.WandbTracker(workdir, CONFIG, project="p", group="sweep-1",
                                  directory=logs)
   second.write(*ROWS[2])
