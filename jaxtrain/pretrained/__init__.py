@@ -4,8 +4,9 @@
 its names and layouts onto a model's variables (`variables.shapes`) with a shipped
 map (`name_maps.NAME_MAPS`: torchvision/timm ResNets, timm and big_vision ViTs) and
 reports what was loaded, missing, unexpected, mismatched or dropped;
-`variables.replace` puts the arrays in.
+`merge.merge` loads them into a fresh model, keeping `init_from.reinit`'s matches
+fresh, and reports every variable's outcome.
 """
-from jaxtrain.pretrained import files, name_maps, variables
+from jaxtrain.pretrained import files, merge, name_maps, variables
 
-__all__ = ["files", "name_maps", "variables"]
+__all__ = ["files", "merge", "name_maps", "variables"]
