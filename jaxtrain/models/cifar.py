@@ -21,7 +21,7 @@ Both initialise convolutions He-normal over fan-out (the authors' MSR init) and 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +65,13 @@ def _head(x: jax.Array, num_classes: int, dtype: Any, param_dtype: Any) -> jax.A
   return logits.astype(jnp.float32)
 
 
+def _check_depth(model: str, depth: int, extra: int, examples: str) -> None:
+  """Three stages of n blocks of two layers, plus `extra` layers: 6n + extra."""
+  if (depth - extra) % 6 or depth < 6 + extra:
+    raise ConfigError("model.depth", depth, f"{model} depth {depth} is not "
+                      f"6n + {extra} (n >= 1); use e.g. {examples}")
+
+
 def option_a_shortcut(x: jax.Array, features: int, stride: int) -> jax.Array:
   """He et al. 2015 option A: subsample by `stride`, zero-pad the new channels."""
   if stride > 1:
@@ -75,8 +82,28 @@ def option_a_shortcut(x: jax.Array, features: int, stride: int) -> jax.Array:
   return x
 
 
+class _CifarNet(nn.Module):
+  """What the CIFAR networks share: fields, the depth check, norm and conv layers."""
+  num_classes: int
+  depth: int
+  bn_group_size: int | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  DEPTH_RULE: ClassVar[tuple[str, int, str]] = ("", 0, "")  # name, extra, examples
+
+  def __post_init__(self) -> None:
+    _check_depth(self.DEPTH_RULE[0], self.depth, *self.DEPTH_RULE[1:])
+    super().__post_init__()
+
+  def _layers(self, train: bool, x: jax.Array) -> tuple[Any, Any, jax.Array]:
+    """(norm, conv, x as the compute dtype with its batch sharding)."""
+    norm = _norm(train, self.bn_group_size, self.dtype, self.param_dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    return norm, conv, constrain_batch(jnp.asarray(x, self.dtype))
+
+
 @register("cifar_resnet")
-class CifarResNet(nn.Module):
+class CifarResNet(_CifarNet):
   """ResNet-(6n+2) for 32x32 images (He et al. 2015, section 4.2).
 
   Attributes:
@@ -85,23 +112,13 @@ class CifarResNet(nn.Module):
     bn_group_size: replicas sharing BN statistics (None = all replicas).
     dtype: compute dtype (logits are float32); param_dtype: parameter dtype.
   """
-  num_classes: int
   depth: int = 20
-  bn_group_size: int | None = None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  def __post_init__(self) -> None:
-    if (self.depth - 2) % 6 or self.depth < 8:
-      raise ConfigError("model.depth", self.depth, f"cifar_resnet depth {self.depth} "
-                        "is not 6n + 2 (n >= 1); use e.g. 20, 32, 44, 56 or 110")
-    super().__post_init__()
+  DEPTH_RULE: ClassVar[tuple[str, int, str]] = ("cifar_resnet", 2,
+                                                "20, 32, 44, 56 or 110")
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    norm = _norm(train, self.bn_group_size, self.dtype, self.param_dtype)
-    conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
-    x = constrain_batch(jnp.asarray(x, self.dtype))
+    norm, conv, x = self._layers(train, x)
     x = nn.relu(norm(name="stem_bn")(conv(16, 3, 1, name="stem_conv")(x)))
     for stage, features in enumerate((16, 32, 64)):
       for block in range((self.depth - 2) // 6):
@@ -115,7 +132,7 @@ class CifarResNet(nn.Module):
 
 
 @register("wide_resnet")
-class WideResNet(nn.Module):
+class WideResNet(_CifarNet):
   """WRN-depth-widen_factor (Zagoruyko & Komodakis 2016), pre-activation blocks.
 
   Attributes:
@@ -127,25 +144,14 @@ class WideResNet(nn.Module):
     bn_group_size: replicas sharing BN statistics (None = all replicas).
     dtype: compute dtype (logits are float32); param_dtype: parameter dtype.
   """
-  num_classes: int
   depth: int = 28
   widen_factor: int = 10
   dropout_rate: float = 0.0
-  bn_group_size: int | None = None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  def __post_init__(self) -> None:
-    if (self.depth - 4) % 6 or self.depth < 10:
-      raise ConfigError("model.depth", self.depth, f"wide_resnet depth {self.depth} "
-                        "is not 6n + 4 (n >= 1); use e.g. 16, 22, 28 or 40")
-    super().__post_init__()
+  DEPTH_RULE: ClassVar[tuple[str, int, str]] = ("wide_resnet", 4, "16, 22, 28 or 40")
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    norm = _norm(train, self.bn_group_size, self.dtype, self.param_dtype)
-    conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
-    x = constrain_batch(jnp.asarray(x, self.dtype))
+    norm, conv, x = self._layers(train, x)
     x = conv(16, 3, 1, name="stem_conv")(x)
     for stage, base in enumerate((16, 32, 64)):
       features = base * self.widen_factor

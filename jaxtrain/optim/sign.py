@@ -221,24 +221,24 @@ def powersign(learning_rate: optax.ScalarOrSchedule,
               mu_dtype: Optional[Any] = None) -> optax.GradientTransformation:
   """The PowerSign optimizer: params move by -lr * base**(d * s) * g.
 
-  `scale_by_powersign` followed by the learning rate.
+  `scale_by_powersign` followed by the learning rate; the other arguments, the
+  result and the reference are `addsign`'s.
 
   Args:
-    learning_rate: a number or an `optax.Schedule` of the update count.
+    learning_rate: as `addsign`.
     base: base of the exponential multiplier, see `scale_by_powersign`.
-    beta: decay of the moving average m.
-    sign_decay_fn: d as a function of the update count, or a fixed d.
-    mu_dtype: dtype of m; None uses the parameters' dtype.
+    beta: as `addsign`.
+    sign_decay_fn: as `addsign`.
+    mu_dtype: as `addsign`.
 
   Returns:
-    A `GradientTransformation` whose updates are applied with `optax.apply_updates`.
+    A `GradientTransformation`, as `addsign`.
 
   Example:
     >>> tx = powersign(0.1, sign_decay_fn=cosine_decay_fn(1000))
 
   References:
-    Bello et al., Neural Optimizer Search with Reinforcement Learning, 2017,
-    arXiv 1709.07417.
+    Bello et al. 2017, arXiv 1709.07417 (see `addsign`).
   """
   return _descend(scale_by_powersign(base, beta, sign_decay_fn, mu_dtype),
                   learning_rate)
