@@ -52,7 +52,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict({"name": "softmax_cross_entropy"})
   c.data = sources.default_config()
   c.optimizer = optim_defaults.default_config()
-  c.train = ml_collections.ConfigDict(dict(
+  c.train = _train_section()
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  c.sharding = ml_collections.ConfigDict(dict(rules=rules.DEFAULT_RULES))
+  c.precision = ml_collections.ConfigDict(dict(
+      compute_dtype="auto",
+      # float32: weight gradients with float32 results, summed across replicas in
+      # float32 | compute: autocast's (bf16, then cast; 1.33x faster ResNet-50
+      # step on one H200, summed in bf16). See jaxtrain/precision.py.
+      weight_grad_dtype="float32",
+  ))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every=500,               # save every this many steps (and at the end); 0: end only
+      keep=3,                  # keep the newest N checkpoints (+ the best, with
+                               # train.early_stopping.metric, in workdir/best)
+      restore="auto",          # auto: resume if present | never: start fresh | required
+      async_save=True,
+  ))
+  c.distill = _distill_section()
+  return c
+
+
+def _train_section() -> ml_collections.ConfigDict:
+  """`config.train`: run length, logging, evaluation, stages, EMA, early stopping."""
+  return ml_collections.ConfigDict(dict(
       batch_size=128,          # global batch size, over all processes
       num_steps=1000,          # used when num_epochs == 0
       num_epochs=0.0,          # > 0: num_steps = ceil(num_epochs * train size / batch)
@@ -79,30 +102,17 @@ def base_config() -> ml_collections.ConfigDict:
           restore_best=True,   # end with the best checkpoint's state
       )),
   ))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  c.sharding = ml_collections.ConfigDict(dict(rules=rules.DEFAULT_RULES))
-  c.precision = ml_collections.ConfigDict(dict(
-      compute_dtype="auto",
-      # float32: weight gradients with float32 results, summed across replicas in
-      # float32 | compute: autocast's (bf16, then cast; 1.33x faster ResNet-50
-      # step on one H200, summed in bf16). See jaxtrain/precision.py.
-      weight_grad_dtype="float32",
-  ))
-  c.checkpoint = ml_collections.ConfigDict(dict(
-      every=500,               # save every this many steps (and at the end); 0: end only
-      keep=3,                  # keep the newest N checkpoints (+ the best, with
-                               # train.early_stopping.metric, in workdir/best)
-      restore="auto",          # auto: resume if present | never: start fresh | required
-      async_save=True,
-  ))
-  c.distill = ml_collections.ConfigDict(dict(
+
+
+def _distill_section() -> ml_collections.ConfigDict:
+  """`config.distill`: the teacher of a distillation run."""
+  return ml_collections.ConfigDict(dict(
       teacher_workdir="",      # a finished run's workdir: its newest checkpoint is
                                # the teacher (read-only); "": no teacher
       teacher_step=0,          # that checkpoint step instead of the newest (0)
       # The teacher's model: name + kwargs; name "": as saved in its checkpoint.
       teacher_model=ml_collections.ConfigDict({"name": ""}),
   ))
-  return c
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
