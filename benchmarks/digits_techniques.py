@@ -10,7 +10,7 @@
    each seed. Pass: the distilled mean beats the alone mean.
 2. `mixup`: `experiments/digits_mixup.py` variants (the digits CNN for 15 epochs
    with mixup(0.2), cutmix(1.0) and both in one chain with timm's per-pair switch,
-   and label_smoothing(0.1)). Pass: >= 97% test accuracy each.
+   and loss.label_smoothing=0.1). Pass: >= 97% test accuracy each.
 3. `early_stopping`: the digits CNN evaluated every 25 steps with
    `train.early_stopping.metric=eval/accuracy`, patience 4. Pass: it stops before
    the last step, ends with the best step's state (`state.step`), and that state,
@@ -37,7 +37,7 @@ wall time 308 s (distill 141 s, mixup 94 s, early stopping 19 s, stages 52 s):
     + mixup(0.2)                                           100.00% (train loss 0.525)
     + cutmix(1.0)                                          98.89% (train loss 1.222)
     + mixup(0.2)|cutmix(1.0)                               99.44% (train loss 0.883)
-    + label_smoothing(0.1)                                 100.00% (train loss 0.626)
+    + loss.label_smoothing=0.1                             100.00% (train loss 0.626)
   early stopping: eval/accuracy every 25, patience 4       stopped 250/674, best step
                                                            150 99.44%, re-eval 99.44%
   stages: ResNet-8, 6px b32 -> 8px b64 after step 300/600  99.44%, 1 switch, 2 compiles

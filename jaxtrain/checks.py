@@ -36,9 +36,16 @@ def check_choice(field: str, value: Any, choices: Sequence[str]) -> None:
     raise ConfigError(field, value, "not a known choice", choices=choices)
 
 
+# Fields that moved: the old spelling is refused, naming the new one (no aliases).
+MOVED = {"train.label_smoothing": "loss.label_smoothing"}
+
+
 def unknown(key: str, known: list[str], value: Any = None) -> None:
   """Raises ConfigError for the unknown dotted `key`, suggesting the closest of
-  `known` (difflib's ratio, as Python's own "did you mean")."""
+  `known` (difflib's ratio, as Python's own "did you mean"), or naming the field
+  it moved to (`MOVED`)."""
+  if key in MOVED:
+    raise ConfigError(key, value, f"this field moved: set {MOVED[key]} instead")
   leaf = key.rsplit(".", 1)[-1]
   close = difflib.get_close_matches(leaf, known, n=1)
   hint = f"did you mean '{close[0]}'?" if close else "no such field"

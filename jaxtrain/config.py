@@ -82,7 +82,6 @@ def _train_section() -> ml_collections.ConfigDict:
       log_every=50,            # fetch and write train metrics every this many steps
       eval_every=0,            # 0: evaluate only at the end
       eval_batch_size=0,       # 0: same as batch_size
-      label_smoothing=0.0,
       on_nonfinite="halt",     # halt | skip: after a step with NaN/Inf loss or grads
       max_consecutive_skips=10,  # skip: halt after this many skipped steps in a row
       steps_per_dispatch=1,    # k > 1: k steps per host dispatch (lax.scan)
@@ -394,9 +393,6 @@ def _check_train(train) -> None:
   if not (math.isfinite(train.num_epochs) and train.num_epochs >= 0):
     raise ConfigError("train.num_epochs", train.num_epochs,
                       "use a number of epochs >= 0 (0: use train.num_steps)")
-  if not 0.0 <= train.label_smoothing < 1.0:
-    raise ConfigError("train.label_smoothing", train.label_smoothing,
-                      "label smoothing is in [0, 1)")
   check_choice("train.on_nonfinite", train.on_nonfinite, NONFINITE_MODES)
   check_int("train.max_consecutive_skips", train.max_consecutive_skips, minimum=1)
   check_int("train.steps_per_dispatch", train.steps_per_dispatch, minimum=1)

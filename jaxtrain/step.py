@@ -65,7 +65,7 @@ def _apply(model: nn.Module, params, model_state, images, train: bool, rng):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
-                    label_smoothing: float = 0.0, loss: losses.Loss | None = None,
+                    loss: losses.Loss | None = None,
                     teacher_fn: TeacherFn | None = None,
                     weight_grad_dtype: str = "float32") -> TrainStep:
   """Builds the pure train step.
@@ -80,10 +80,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   Args:
     model: a Flax linen module applied as `model.apply(vars, x, train=...)`.
     tx: the optax transformation.
-    label_smoothing: label smoothing of the default softmax cross-entropy; give
-      either this or `loss`.
     loss: per-example loss `loss(logits, batch)` (`jaxtrain.losses`, e.g.
-      `losses.from_config(config)`); its mean over the batch is minimised.
+      `losses.from_config(config)`, or ``losses.SoftmaxCrossEntropy(0.1)`` for
+      label smoothing); its mean over the batch is minimised. Default: softmax
+      cross-entropy.
     teacher_fn: `images -> teacher logits` (e.g. a closure over a restored
       teacher's variables, applied with ``train=False``), called inside the step
       when the batch has no ``teacher_logits`` (distillation); its gradient is
@@ -97,9 +97,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     sums (add them to running totals with `accumulate`).
   """
   if loss is None:
-    loss = losses.SoftmaxCrossEntropy(label_smoothing)
-  elif label_smoothing:
-    raise ValueError("give label_smoothing as an option of `loss`, not both")
+    loss = losses.SoftmaxCrossEntropy()
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)

@@ -1,4 +1,5 @@
-"""experiments/digits_mixup.py: each variant's train batches carry its soft targets.
+"""experiments/digits_mixup.py: each variant's train batches carry its soft targets
+(label smoothing: the loss's, set in loss.label_smoothing).
 
 The training figures of these variants are measured by
 `benchmarks/digits_techniques.py`; here only the wiring: config -> source -> batch.
@@ -38,9 +39,16 @@ def test_mixing_variants_mix_the_labels_of_each_pair(variant):
 
 
 def test_label_smoothing_variant_smooths_as_szegedy_et_al():
+  from jaxtrain import losses  # pylint: disable=g-import-not-at-top
   batch = _first_batch("label_smoothing")
+  assert "targets" not in batch  # hard labels: the loss smooths them
+  config = config_lib.load("experiments/digits_mixup.py:label_smoothing")
+  loss = losses.from_config(config)
+  logits = np.random.default_rng(0).normal(size=(len(batch["label"]), NUM_CLASSES))
   expected = (1 - EPS) * np.eye(NUM_CLASSES)[batch["label"]] + EPS / NUM_CLASSES
-  np.testing.assert_allclose(batch["targets"], expected, rtol=1e-6)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  np.testing.assert_allclose(loss(logits.astype(np.float32), batch),
+                             -(expected * log_p).sum(-1), rtol=1e-5)
 
 
 def test_unknown_variant_is_named():

@@ -45,7 +45,7 @@ def test_hyperparameters_are_the_mlperf_v06_values(full):
   assert (full.train.batch_size, full.train.num_steps) == (BATCH, STEPS)
   assert (o.name, o.learning_rate, o.momentum) == ("lars", PEAK, 0.9)
   assert (o.trust_coefficient, o.eps, o.weight_decay, o.l2) == (0.001, 1e-5, 1e-4, 1e-4)
-  assert full.train.label_smoothing == 0.1
+  assert full.loss.label_smoothing == 0.1
   assert full.precision.compute_dtype == "bfloat16"
   assert full.model.name == "resnet50" and full.model.zero_init_last_bn
 

@@ -296,11 +296,10 @@ def test_teacher_fn_fills_in_missing_teacher_logits(linear_state):
                              rtol=1e-5)
 
 
-def test_label_smoothing_and_loss_together_is_an_error(linear_state):
+def test_the_step_takes_label_smoothing_through_its_loss_only(linear_state):
   model, tx, _, _ = linear_state
-  with pytest.raises(ValueError, match="label_smoothing"):
-    step_lib.make_train_step(model, tx, label_smoothing=0.1,
-                             loss=losses.SoftmaxCrossEntropy())
+  with pytest.raises(TypeError, match="label_smoothing"):
+    step_lib.make_train_step(model, tx, label_smoothing=0.1)  # pylint: disable=unexpected-keyword-arg
 
 
 # --- config --------------------------------------------------------------------
@@ -331,26 +330,25 @@ def test_validate_names_the_bad_loss_field(loss, field):
   assert e.value.field == field
 
 
-def test_train_label_smoothing_feeds_the_loss_but_not_twice():
-  c = _config(name="sigmoid_binary_cross_entropy")
-  c.train.label_smoothing = 0.1
+def test_label_smoothing_has_one_field_and_the_old_ones_name_it():
+  c = _config(name="sigmoid_binary_cross_entropy", label_smoothing=0.1)
   assert losses.from_config(c) == losses.SigmoidBinaryCrossEntropy(0.1)
-  c.loss.label_smoothing = 0.2
-  with pytest.raises(ConfigError) as e:
-    config_lib.validate(c)
+  old = _config()
+  old.train.label_smoothing = 0.1  # an experiment file written before the move
+  with pytest.raises(ConfigError, match="moved: set loss.label_smoothing") as e:
+    config_lib.validate(old)
   assert e.value.field == "train.label_smoothing"
-  c = _config(name="mse")
-  c.train.label_smoothing = 0.1
-  with pytest.raises(ConfigError, match="no label smoothing"):
-    config_lib.validate(c)
-
-
-def test_smoothing_in_both_loss_and_transforms_is_an_error():
+  with pytest.raises(ConfigError, match="moved: set loss.label_smoothing"):
+    config_lib.apply_overrides(config_lib.base_config(),
+                               ["train.label_smoothing=0.1"])
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate(_config(name="mse", label_smoothing=0.1))
+  assert e.value.field == "loss.label_smoothing"
   c = _config(label_smoothing=0.1)
   c.data.train_transforms = "label_smoothing(0.1)"
   with pytest.raises(ConfigError) as e:
     config_lib.validate(c)
-  assert e.value.field == "loss.label_smoothing"
+  assert e.value.field == "data.train_transforms"
 
 
 def test_command_line_sets_loss_options_of_the_chosen_loss():

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxtrain import losses
 from jaxtrain import step as step_lib
 from jaxtrain.state import TrainState
 
@@ -45,7 +46,8 @@ def test_momentum_steps_match_numpy():
   w = np.asarray(state.params["Dense_0"]["kernel"], np.float64)
   b = np.asarray(state.params["Dense_0"]["bias"], np.float64)
   vw, vb = np.zeros_like(w), np.zeros_like(b)
-  step = jax.jit(step_lib.make_train_step(model, tx, label_smoothing=0.1))
+  step = jax.jit(step_lib.make_train_step(model, tx,
+                                          loss=losses.SoftmaxCrossEntropy(0.1)))
   for _ in range(3):
     loss, gw, gb, logits = _np_softmax_xent_grads(w, b, x, y, 3, smoothing=0.1)
     # Heavy-ball momentum as optax/TF apply it: v <- mu v + g; w <- w - lr v.

@@ -58,7 +58,7 @@ def get_config(arg=None):
   presets.imagenet(c.data)
   c.data.synthetic.num_examples = IMAGENET_TRAIN_IMAGES  # same epochs -> steps
   c.train.eval_batch_size = 4096
-  c.train.label_smoothing = 0.1
+  c.loss.label_smoothing = 0.1
   c.precision.compute_dtype = "bfloat16"
   c.checkpoint.every = 0
 

@@ -1,4 +1,5 @@
-"""Batch ops on labels: mixup, cutmix, label smoothing -> soft `targets`.
+"""Batch ops on labels: mixup, cutmix -> soft `targets` (label smoothing is the
+loss's: `loss.label_smoothing`, applied to soft targets too).
 
 These ops turn the integer labels of a batch into soft float targets of shape
 (batch, num_classes) that sum to 1 per row; the batch then carries them as
@@ -96,21 +97,6 @@ class Cutmix:
     return a2, b2, 1.0 - (y2 - y1) * (x2 - x1) / (height * width)
 
 
-@dataclasses.dataclass(frozen=True)
-class LabelSmoothing:
-  """Targets (1 - eps) * one_hot + eps / num_classes.
-
-  Szegedy et al. 2016 (arXiv 1512.00567, Sec. 7). Applied before mixing, as in
-  timm's `mixup_target`.
-  """
-  eps: float = 0.1
-  RANDOM: ClassVar[bool] = False
-
-  def __post_init__(self):
-    if not (isinstance(self.eps, (int, float)) and 0 <= self.eps < 1):
-      raise ValueError(f"eps must be in [0, 1), got {self.eps!r}")
-
-
 def soft_targets(images: np.ndarray, labels: np.ndarray, num_classes: int,
                  ops: tuple, pair_rngs: list[np.random.Generator]
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -119,9 +105,6 @@ def soft_targets(images: np.ndarray, labels: np.ndarray, num_classes: int,
   `pair_rngs[j]` is the generator of the pair (2j, 2j+1).
   """
   targets = np.eye(num_classes, dtype=np.float32)[labels]
-  for op in ops:
-    if isinstance(op, LabelSmoothing):
-      targets = targets * (1 - op.eps) + op.eps / num_classes
   mixers = [op for op in ops if isinstance(op, (Mixup, Cutmix))]
   if not mixers:
     return images, targets

@@ -9,7 +9,7 @@ by `|`, each a registered name, optionally called with Python literal arguments
   random_crop(32, padding=4)|flip|normalize(mean=(125.3, 123.0, 113.9), std=63.0)
 
 An empty string means no op: images only become float32. Per-example ops run in
-order on each example's HWC image; batch ops (mixup, cutmix, label_smoothing) come
+order on each example's HWC image; batch ops (mixup, cutmix) come
 last, run on the stacked batch and add soft `"targets"` (see `jaxtrain.data.mixing`).
 Eval chains hold per-example ops only. `parse` reports an unknown op, a bad argument
 or a misplaced op as a `ConfigError` naming the config field and the op.
@@ -45,8 +45,9 @@ EXAMPLE_OPS: dict[str, type] = {
 BATCH_OPS: dict[str, type] = {
     "mixup": mixing.Mixup,
     "cutmix": mixing.Cutmix,
-    "label_smoothing": mixing.LabelSmoothing,
 }
+# Ops that moved out of the transforms: refused, naming where they went.
+MOVED_OPS = {"label_smoothing": "loss.label_smoothing"}
 REGISTRY = {**EXAMPLE_OPS, **BATCH_OPS}
 
 _EXAMPLE_STREAM, _PAIR_STREAM = 0, 1
@@ -175,6 +176,9 @@ def parse(spec: str, field: str, allow_batch_ops: bool = True) -> Chain:
     if not text:
       continue
     name, args, kwargs = _parse_call(text, spec, field)
+    if name in MOVED_OPS:
+      raise ConfigError(field, spec, f"'{name}' is no longer a transform: set "
+                        f"{MOVED_OPS[name]} instead")
     if name not in REGISTRY:
       raise ConfigError(field, spec, f"unknown op '{name}'", choices=REGISTRY)
     if name in BATCH_OPS and not allow_batch_ops:

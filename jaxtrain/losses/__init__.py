@@ -115,46 +115,22 @@ def get_loss(name: str = DEFAULT, **options: Any) -> Loss:
 
 
 def from_config(config: Any) -> Loss:
-  """The loss of a full config: ``config.loss`` plus ``train.label_smoothing``.
+  """The loss of a full config: ``config.loss`` (label smoothing included, as
+  ``loss.label_smoothing``: the one place it is set).
 
   A config without a ``loss`` section gets softmax cross-entropy.
 
   Raises:
-    ConfigError: as `get_loss`; or label smoothing set twice, or set for a loss
-      that has none.
+    ConfigError: as `get_loss`.
   """
   section = dict(config.get("loss") or {})
   name = section.pop("name", DEFAULT)
-  train = config.get("train") or {}
-  smoothing = train.get("label_smoothing", 0.0)
-  if smoothing:
-    if section.get("label_smoothing", 0.0) not in (0.0, smoothing):
-      raise ConfigError("train.label_smoothing", smoothing,
-                        "loss.label_smoothing is set too; set only one of them")
-    if "label_smoothing" not in option_names({"name": name, **section}):
-      raise ConfigError("train.label_smoothing", smoothing,
-                        f"loss {name!r} has no label smoothing; set it to 0")
-    section["label_smoothing"] = smoothing
   return get_loss(name, **section)
 
 
 def check_config(config: Any) -> None:
-  """Validates ``config.loss`` before anything compiles (called by config.validate).
-
-  Besides `from_config`'s checks, a loss that smooths labels while the train
-  transforms also smooth them (``label_smoothing(...)`` in
-  ``data.train_transforms``) would smooth twice: that is an error too.
-  """
-  loss = from_config(config)
-  smooths = getattr(getattr(loss, "hard", loss), "label_smoothing", 0.0)
-  spec = (config.get("data") or {}).get("train_transforms", "")
-  if smooths and spec:
-    from jaxtrain.data import mixing, transforms  # pylint: disable=g-import-not-at-top
-    chain = transforms.parse(spec, "data.train_transforms")
-    if any(isinstance(op, mixing.LabelSmoothing) for op in chain.batch_ops):
-      raise ConfigError("loss.label_smoothing", smooths,
-                        "data.train_transforms smooths the labels already; smooth "
-                        "them in one place only")
+  """Validates ``config.loss`` before anything compiles (called by config.validate)."""
+  from_config(config)
 
 
 __all__ = [

@@ -135,14 +135,31 @@ def test_mixed_targets_sum_to_one_and_match_the_pixel_proportions(spec):
     assert 0 < pure.sum() < 64
 
 
-def test_label_smoothing_targets_follow_szegedy_et_al():
-  chain = transforms.parse("label_smoothing(0.1)", "data.train_transforms")
-  labels = np.array([2, 0], np.int32)
-  _, targets = chain.batch(np.zeros((2, 1, 1, 1), np.float32), labels, 4, 0,
-                           np.zeros(2, int), np.arange(2))
-  expected = np.full((2, 4), 0.1 / 4)
-  expected[[0, 1], labels] += 0.9
-  np.testing.assert_allclose(targets, expected, rtol=1e-6)
+def test_label_smoothing_is_the_losss_not_a_transform():
+  with pytest.raises(ConfigError, match=r"^config.data.train_transforms=.*'label_"
+                     r"smoothing' is no longer a transform: set loss.label_smoothing"):
+    transforms.parse("flip|label_smoothing(0.1)", "data.train_transforms")
+
+
+def test_the_loss_smoothing_mixed_targets_equals_mixing_smoothed_targets():
+  # Why one place is enough: smoothing is affine with weights summing to one, so
+  # smoothing mixup's targets (the loss) equals mixing smoothed one-hots (timm's
+  # mixup_target, which smooths first).
+  from jaxtrain import losses  # pylint: disable=g-import-not-at-top
+  chain = transforms.parse("mixup(0.4)", "data.train_transforms")
+  labels = np.array([2, 0, 1, 3], np.int32)
+  eye, eps = np.eye(4), 0.1
+  images, targets = chain.batch(np.zeros((4, 1, 1, 1), np.float32), labels, 4, 0,
+                                np.zeros(4, int), np.arange(4))
+  share = targets[np.arange(4), labels]  # lam of each row's own label
+  partner = labels[[1, 0, 3, 2]]
+  smoothed = (1 - eps) * eye + eps / 4
+  timm = share[:, None] * smoothed[labels] + (1 - share[:, None]) * smoothed[partner]
+  logits = np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  got = losses.SoftmaxCrossEntropy(eps)(logits, {"label": labels, "targets": targets,
+                                                 "image": images})
+  np.testing.assert_allclose(got, -(timm * log_p).sum(-1), rtol=1e-5)
 
 
 def test_augmentation_is_a_pure_function_of_seed_epoch_and_index():
