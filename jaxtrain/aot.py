@@ -293,15 +293,6 @@ def _flops(compiled: Any) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def _collectives(hlo_text: str) -> list[tuple[str, str, int, int]]:
-  """(op, dtype, arrays, bytes per device) of every collective in the program."""
-  totals: dict[tuple[str, str], tuple[int, int]] = {}
-  for c in collectives.collectives(hlo_text):
-    count, total = totals.get((c.op, c.dtype), (0, 0))
-    totals[(c.op, c.dtype)] = (count + 1, total + c.bytes)
-  return [(op, dtype, n, b) for (op, dtype), (n, b) in sorted(totals.items())]
-
-
 def compile_train_step(config: ml_collections.ConfigDict,
                        target: Target) -> tuple[Report, Any]:
   """Builds the experiment on `target`'s devices and compiles its train step.
@@ -339,7 +330,8 @@ def compile_train_step(config: ml_collections.ConfigDict,
       param_count=sum(math.prod(p.shape) for p in jax.tree.leaves(state.params)),
       state_bytes=per_device_bytes(state), batch_bytes=per_device_bytes(batch),
       memory=_memory(compiled), flops=_flops(compiled),
-      collectives=_collectives(compiled.as_text()),
+      collectives=[(op, dtype, t.count, t.bytes) for (op, dtype), t in
+                   collectives.summary(compiled.as_text(), by_dtype=True).items()],
       seconds={"lower": t1 - t0, "compile": t2 - t1}, notes=notes)
   return report, compiled
 

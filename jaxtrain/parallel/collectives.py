@@ -119,14 +119,17 @@ def collectives(hlo_text: str) -> list[Collective]:
   return found
 
 
-def summary(found: Iterable[Collective] | str) -> dict[str, OpTotal]:
-  """Per op: number of arrays and total bytes; takes HLO text or `collectives(...)`."""
+def summary(found: Iterable[Collective] | str, by_dtype: bool = False
+            ) -> dict[Any, OpTotal]:
+  """Per op (or per (op, dtype) with `by_dtype`): number of arrays and total bytes;
+  takes HLO text or `collectives(...)`."""
   if isinstance(found, str):
     found = collectives(found)
-  totals: dict[str, OpTotal] = {}
+  totals: dict[Any, OpTotal] = {}
   for c in found:
-    count, size = totals.get(c.op, OpTotal(0, 0))
-    totals[c.op] = OpTotal(count + 1, size + c.bytes)
+    key = (c.op, c.dtype) if by_dtype else c.op
+    count, size = totals.get(key, OpTotal(0, 0))
+    totals[key] = OpTotal(count + 1, size + c.bytes)
   return dict(sorted(totals.items()))
 
 
