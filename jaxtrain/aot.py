@@ -210,11 +210,6 @@ def _physical_mesh(mesh: Mesh, devices: list[Any]) -> Mesh:
   return Mesh(array, mesh.axis_names, axis_types=mesh.axis_types)
 
 
-def _with_shardings(tree: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      tree, shardings)
-
-
 def _on_mesh(exp: runner.Experiment, mesh: Mesh) -> runner.Experiment:
   """`exp` on `mesh` (same axes, devices reordered): a distillation teacher's
   abstract variables move to it too."""
@@ -223,7 +218,7 @@ def _on_mesh(exp: runner.Experiment, mesh: Mesh) -> runner.Experiment:
     moved = jax.tree.map(lambda x: NamedSharding(mesh, x.sharding.spec),
                          teacher.variables)
     teacher = dataclasses.replace(
-        teacher, variables=_with_shardings(teacher.variables, moved))
+        teacher, variables=sharding.abstract(teacher.variables, moved))
   return dataclasses.replace(exp, mesh=mesh, teacher=teacher)
 
 
@@ -309,7 +304,7 @@ def compile_train_step(config: ml_collections.ConfigDict,
       exp.model, exp.tx, exp.train_source.image_shape, config.seed, exp.mesh, rules)
   if exp.ema is not None:  # the weight average is a second copy of params + stats
     shardings = ema_lib.shardings(shardings)
-    state = _with_shardings(jax.eval_shape(ema_lib.init, state), shardings)
+    state = sharding.abstract(jax.eval_shape(ema_lib.init, state), shardings)
   batch = _example_batch(exp)
   teacher = (exp.teacher.variables,) if exp.teacher is not None else ()
   # Outside the mesh context: it builds the zeroed metric sums eagerly, here.

@@ -77,9 +77,7 @@ def abstract_train_state(model: Any, tx: Any, input_shape: tuple[int, ...], seed
       opt_state=sharding.opt_state_specs(tx, abstract.opt_state, param_specs))
   shardings = sharding.to_shardings(specs, mesh, rules)
   check_divisible(abstract, specs, shardings, rules)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract, shardings)
-  return state, shardings
+  return sharding.abstract(abstract, shardings), shardings
 
 
 _KINDS = {"params": "parameter", "opt_state": "optimizer state",

@@ -124,8 +124,7 @@ def _abstract_variables(model: nn.Module, input_shape: tuple[int, ...],
   boxed = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
   shardings = sharding.to_shardings(sharding.logical_specs(boxed), mesh, rules)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      nn.meta.unbox(boxed), shardings)
+  return sharding.abstract(nn.meta.unbox(boxed), shardings)
 
 
 def _saved_part(variables: Any, saved: Any) -> dict[str, Any]:

@@ -53,5 +53,12 @@ def activate(mesh: Mesh, rules: Rules) -> Iterator[None]:
     yield
 
 
+def abstract(tree: Any, shardings: Any) -> Any:
+  """`tree`'s leaves as `jax.ShapeDtypeStruct`s carrying `shardings` (same
+  structure): what `jit(...).lower` and Orbax's restore take for sharded arrays."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      tree, shardings)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())

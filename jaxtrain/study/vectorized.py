@@ -36,6 +36,7 @@ from jaxtrain import optim, runner, step as step_lib
 from jaxtrain import teacher as teacher_lib
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
+from jaxtrain.optim import defaults as optim_defaults
 from jaxtrain.optim import masks
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
@@ -50,18 +51,6 @@ _OFF_FEATURES = ("l1", "l2", "grad_noise_eta", "ema_decay", "lr_multipliers",
                  "freeze")
 HPARAMS = ("learning_rate", "warmup_steps", "momentum", "b1", "weight_decay")
 _TRAIN_KEYS = ("loss", "accuracy", "top5_accuracy", "count", "skipped")
-
-
-def _full(opt_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The optimizer section with every default filled in."""
-  c = optim.default_config()
-  for key, value in opt_config.items():
-    if key == "schedule":
-      for k, v in value.items():
-        c.schedule[k] = v
-    else:
-      c[key] = value
-  return c
 
 
 def supports_trial(config: ml_collections.ConfigDict) -> bool:
@@ -88,7 +77,7 @@ def _check_vectorizable(configs: Sequence[ml_collections.ConfigDict]) -> None:
 
 def supports(opt_config: ml_collections.ConfigDict) -> bool:
   """Whether trials with this optimizer section can share a vectorized program."""
-  c = _full(opt_config)
+  c = optim_defaults.merged_section(opt_config)
   defaults = optim.default_config()
   return (c.name in VECTOR_OPTIMIZERS and c.schedule.name in VECTOR_SCHEDULES
           and c.accumulate_steps == 1
@@ -131,7 +120,7 @@ def hyper_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int,
     total_steps: the trials' number of steps (schedule length).
     with_weight_decay: include decoupled weight decay (some trial has wd > 0).
   """
-  c = _full(opt_config)
+  c = optim_defaults.merged_section(opt_config)
   wd_mask = masks.regex_mask(c.weight_decay_mask, default=masks.ndim_above_1)
   mu_dtype = c.mu_dtype or None
   eps = lambda default: default if c.eps < 0 else c.eps  # noqa: E731
@@ -173,7 +162,7 @@ def _schedule_of_count(s, peak, warmup, total_steps, count):
 
 def trial_hparams(configs: Sequence[ml_collections.ConfigDict]) -> dict[str, Any]:
   """HPARAMS of each trial, stacked: {name: array (T,)}."""
-  full = [_full(c.optimizer) for c in configs]
+  full = [optim_defaults.merged_section(c.optimizer) for c in configs]
   return {"learning_rate": np.asarray([c.learning_rate for c in full], np.float32),
           "warmup_steps": np.asarray([c.schedule.warmup_steps for c in full],
                                      np.int32),
@@ -281,7 +270,7 @@ class GroupProgram:
     exp, configs = self.exp, self.configs
     _check_vectorizable(configs)
     shape = exp.train_source.image_shape
-    has_wd = any(_full(c.optimizer).weight_decay for c in configs)
+    has_wd = any(optim_defaults.merged_section(c.optimizer).weight_decay for c in configs)
     tx = hyper_optimizer(configs[0].optimizer, exp.total_steps, has_wd)
     stacked = _stacked_shardings(exp.model, tx, shape, exp.mesh, self.rules)
     self.states = _init_states(exp.model, tx, shape,
