@@ -8,7 +8,7 @@ log time. Logits and loss are float32 whatever the compute dtype. Losses live in
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -116,18 +116,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
           loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    # One sum of squares per leaf: Inf and NaN both survive it. One is_finite of
-    # the stacked sums, not one per sum: XLA evaluates the guard inside every
-    # state leaf's select fusion, and per-sum is_finites became an and-chain of
-    # all leaves in each of them -- 68k ops for ResNet-50, 5x its compile time.
-    leaf_ok = jnp.isfinite(jnp.stack([jnp.sum(jnp.square(g.astype(jnp.float32)))
-                                      for g in jax.tree.leaves(grads)]))
-    finite = jnp.isfinite(jnp.sum(per_example)) & jnp.all(leaf_ok)
-    params, opt_state, model_state = jax.tree.map(
-        lambda n, o: jnp.where(finite, n, o), (params, opt_state, model_state),
-        (state.params, state.opt_state, state.model_state))
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                        model_state=model_state)
+    new, finite, leaf_ok = _update_if_finite(state, params, opt_state, model_state,
+                                             grads, per_example)
     metrics = _classification_sums(logits, batch["label"], per_example,
                                    jnp.ones_like(per_example))
     metrics.update(_nonfinite_metrics(finite, leaf_ok, state.step))
@@ -137,6 +127,26 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
 
 NO_STEP = jnp.iinfo(jnp.int32).max
+
+
+def _update_if_finite(state: TrainState, params: Any, opt_state: Any,
+                      model_state: Any, grads: Any, per_example: jax.Array
+                      ) -> tuple[TrainState, jax.Array, jax.Array]:
+  """The next state, or `state` with only its step advanced where the loss or a
+  gradient is not finite; also (finite, per-leaf finite) for the metrics."""
+  # One sum of squares per leaf: Inf and NaN both survive it. One is_finite of
+  # the stacked sums, not one per sum: XLA evaluates the guard inside every
+  # state leaf's select fusion, and per-sum is_finites became an and-chain of
+  # all leaves in each of them -- 68k ops for ResNet-50, 5x its compile time.
+  leaf_ok = jnp.isfinite(jnp.stack([jnp.sum(jnp.square(g.astype(jnp.float32)))
+                                    for g in jax.tree.leaves(grads)]))
+  finite = jnp.isfinite(jnp.sum(per_example)) & jnp.all(leaf_ok)
+  params, opt_state, model_state = jax.tree.map(
+      lambda n, o: jnp.where(finite, n, o), (params, opt_state, model_state),
+      (state.params, state.opt_state, state.model_state))
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                      model_state=model_state)
+  return new, finite, leaf_ok
 
 
 def _nonfinite_metrics(finite, leaf_ok, step) -> Metrics:
