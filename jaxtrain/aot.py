@@ -1,4 +1,4 @@
-"""`jaxtrain compile`: the real train step compiled ahead of time for a TPU pod.
+"""The real train step compiled ahead of time for a TPU pod (`jaxtrain compile`).
 
 Know whether a pod run fits before paying for the pod (MaxText's `train_compile.py`).
 `jax.experimental.topologies.get_topology_desc("v4:8x8x16", "tpu")` (libtpu, no TPU
@@ -19,14 +19,11 @@ metadata, which changes none of the figures (they depend on shapes only).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import importlib.util
-import json
 import math
 import os
-import sys
 import time
 from typing import Any
 
@@ -380,31 +377,3 @@ def format_report(r: Report) -> str:
   for op, dtype, count, size in r.collectives:
     lines.append(f"  {op:<20} {dtype:<5} {count:6d} arrays {_mib(size)}")
   return "\n".join(lines)
-
-
-def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> int:
-  """`jaxtrain compile`: prints the report; 1 when it does not fit."""
-  target = get_target(args.topology)
-  if args.memory_gib is not None:
-    if not args.memory_gib > 0:
-      raise ConfigError("--memory_gib", args.memory_gib, "use a size > 0 in GiB")
-    target.memory_bytes = int(args.memory_gib * GIB)
-  if args.json:  # before compiling, not after
-    folder = os.path.dirname(os.path.abspath(args.json))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-      raise ConfigError("--json", args.json, f"cannot write into {folder}; name a "
-                        "file in an existing, writable directory")
-  print(f"jaxtrain compile: {args.config} for {args.topology} "
-        f"({len(target.devices)} devices) ...", flush=True)
-  report, _ = compile_train_step(config, target)
-  print(format_report(report), flush=True)
-  if args.json:
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump(report.to_json(), f, indent=1)
-  if report.fits:
-    return 0
-  print(f"jaxtrain: compile: the train step does not fit: it needs "
-        f"{fmt_bytes(report.memory['total'])} per device, the target has "
-        f"{fmt_bytes(target.memory_bytes)}; lower train.batch_size, shard the "
-        "state (mesh.fsdp and sharding.rules) or use bfloat16", file=sys.stderr)
-  return 1

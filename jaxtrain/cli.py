@@ -10,8 +10,10 @@ write exits with code 1 and one line saying why; a command stopped by a signal e
 with 128 + its number (SIGTERM 143, Ctrl-C 130), `train` and `sweep` after saving
 (`jaxtrain.preemption`); 0 means the command did all its work.
 
-A subcommand is a `Command`: a function adding its flags and a function running it
-with (args, config). Commands live beside what they drive; this file only lists them.
+A subcommand is a `Command`: a function adding its flags and a handler called with
+(args, config). Each lives in its own module of `jaxtrain.commands` (`handle` unpacks
+the flags and calls the library with explicit arguments); this file only lists
+them, parses the command line and maps errors to exit codes.
 """
 from __future__ import annotations
 
@@ -20,9 +22,11 @@ import dataclasses
 import sys
 from typing import Any, Callable, Sequence
 
-from jaxtrain.errors import ConfigError
 # Plain argparse: building the parser imports no JAX (`jaxtrain --help` stays fast).
-from jaxtrain.study import lr_find_flags as lr_find_flags_lib
+from jaxtrain.commands import compile as compile_
+from jaxtrain.commands import lr_find, optim_summary, report, sweep, train
+from jaxtrain.commands.flags import add_config_flag
+from jaxtrain.errors import ConfigError
 
 OVERRIDE_HELP = """\
 config overrides:
@@ -41,7 +45,7 @@ class Command:
   name: str
   help: str
   add_flags: Callable[[argparse.ArgumentParser], None]
-  run: Callable[[argparse.Namespace, Any], int | None]
+  handle: Callable[[argparse.Namespace, Any], int | None]
   takes_config: bool = True  # --config=FILE plus --config.x=y overrides
   # (spec, overrides) -> validated config; None: `load_config` (an experiment).
   load: Callable[[str, Sequence[str]], Any] | None = None
@@ -51,154 +55,28 @@ class Command:
   saves_on_signal: bool = False
 
 
-def add_config_flag(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--config", required=True, metavar="FILE[:ARG]",
-                 help="experiment module defining get_config(arg=None), e.g. "
-                 "experiments/digits_cnn.py; ':ARG' is passed to get_config")
-
-
-def add_workdir_flag(p: argparse.ArgumentParser,
-                     help: str = "where checkpoints, metrics.jsonl and TensorBoard "  # pylint: disable=redefined-builtin
-                     "files go; re-using it resumes the run") -> None:
-  p.add_argument("--workdir", required=True, metavar="DIR", help=help)
-
-
-def add_multihost_flags(p: argparse.ArgumentParser) -> None:
-  g = p.add_argument_group("multi-host (omit on one machine; detected under srun, "
-                           "mpirun, indexed Kubernetes Jobs and on Cloud TPU)")
-  g.add_argument("--coordinator_address", metavar="HOST:PORT",
-                 help="address of process 0, for jax.distributed.initialize")
-  g.add_argument("--num_processes", type=int, metavar="N",
-                 help="total number of processes")
-  g.add_argument("--process_id", type=int, metavar="I",
-                 help="this process's index, 0..N-1")
-
-
-def _train_flags(p: argparse.ArgumentParser) -> None:
-  add_workdir_flag(p)
-  add_multihost_flags(p)
-
-
-def capture_diagnostics(args: argparse.Namespace) -> None:
-  """Library tracebacks go to the workdir's log file, not the console; on many
-  hosts, a process that dies is named by the others (`parallel.peers`)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxtrain import checkpoint, diagnostics  # pylint: disable=g-import-not-at-top
-  from jaxtrain.parallel import peers  # pylint: disable=g-import-not-at-top
-  diagnostics.capture(args.workdir, jax.process_index())
-  peers.watch(lambda: checkpoint.describe_intact(args.workdir))
-
-
-def _train_only_flags(p: argparse.ArgumentParser) -> None:
-  _train_flags(p)
-  p.add_argument("--allow_config_change", default="", metavar="FIELD,...",
-                 help="resume although these config fields (or sections, e.g. "
-                 "optimizer) differ from the checkpoint's config, e.g. "
-                 "train.num_steps to train longer; other changed fields that alter "
-                 "the result are refused")
-
-
-def _train(args: argparse.Namespace, config: Any) -> int:
-  init_distributed(args)
-  capture_diagnostics(args)
-  from jaxtrain import runner  # pylint: disable=g-import-not-at-top
-  allow = [f for f in args.allow_config_change.split(",") if f]
-  runner.train(config, args.workdir, name=args.config, allow_config_change=allow)
-  return 0
-
-
-def _sweep_flags(p: argparse.ArgumentParser) -> None:
-  add_workdir_flag(p, "where the study's results go: results.json and results.csv "
-                   "(one record per trial, with its learning curve), plots, report.md "
-                   "and, for a local DIR, a compilation cache; local or gs://. "
-                   "Re-using it skips the trials already in results.json")
-  add_multihost_flags(p)
-
-
-def _compile_flags(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--topology", required=True, metavar="NAME",
-                 help="TPU topology, e.g. v4:8x8x16, v5p:8x8x16, v3:16x32, "
-                 "v5e:16x16 (needs jaxtrain[tpu]), or cpu:N for N local CPU devices "
-                 "(jaxtrain sets the device count itself: no XLA_FLAGS needed)")
-  p.add_argument("--memory_gib", type=float, metavar="GIB",
-                 help="memory per device to fit in (default: the chip's HBM)")
-  p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-
-
-def _cpu_device_count(topology: str) -> None:
-  """`--topology=cpu:N`: gives this process N CPU devices, before JAX starts them.
-
-  Same effect as XLA_FLAGS=--xla_force_host_platform_device_count=N, which it takes
-  precedence over. Once JAX has started its backends (a library caller) the count
-  cannot change; `aot` then reports a count that is too small.
-  """
-  count = topology[len("cpu:"):]
-  if not topology.startswith("cpu:") or not count.isdigit():
-    return
-  import jax  # pylint: disable=g-import-not-at-top
-  try:
-    jax.config.update("jax_num_cpu_devices", int(count))
-  except RuntimeError:  # backends already started
-    pass
-
-
 def _commands() -> list[Command]:
   """Every subcommand, in the order `jaxtrain --help` lists them."""
-  # Imported lazily by each run function: `jaxtrain --help` stays fast.
-  def optim_summary(args, config):
-    from jaxtrain import optim_summary as m  # pylint: disable=g-import-not-at-top
-    return m.run(args, config)
-
-  def sweep(args, config):
-    init_distributed(args)
-    capture_diagnostics(args)
-    from jaxtrain.study import sweep as m  # pylint: disable=g-import-not-at-top
-    return m.main(args, config)
-
-  def report(args, config):
-    from jaxtrain.study import report as m  # pylint: disable=g-import-not-at-top
-    return m.run(args, config)
-
-  def lr_find(args, config):
-    init_distributed(args)
-    capture_diagnostics(args)
-    from jaxtrain.study import lr_find as m  # pylint: disable=g-import-not-at-top
-    return m.run(args, config)
-
-  def lr_find_flags(p):
-    lr_find_flags_lib.add_flags(p)
-    add_multihost_flags(p)
-
-  def load_study(spec, overrides, require_study=True):
-    from jaxtrain.study import grid  # pylint: disable=g-import-not-at-top
-    return grid.load(spec, overrides, require_study)
-
-  def compile_(args, config):
-    _cpu_device_count(args.topology)
-    from jaxtrain import aot  # pylint: disable=g-import-not-at-top
-    return aot.run(args, config)
-
   return [
       Command("train", "train (or resume) an experiment in --workdir",
-              _train_only_flags, _train, saves_on_signal=True),
+              train.add_flags, train.handle, saves_on_signal=True),
       Command("compile", "compile the train step for a TPU topology without the "
               "hardware: memory per device vs HBM, FLOPs, collectives",
-              _compile_flags, compile_),
+              compile_.add_flags, compile_.handle),
       Command("optim-summary", "show, per parameter, the weight decay, trust "
               "ratio, learning-rate multiplier and freezing the config applies",
-              lambda p: None, optim_summary),
+              optim_summary.add_flags, optim_summary.handle),
       Command("sweep", "run (or resume) a scaling study: trials over batch sizes, "
               "optimizers and learning rates, steps to target, plots",
-              _sweep_flags, sweep, load=load_study, saves_on_signal=True),
+              sweep.add_flags, sweep.handle, load=sweep.load_study,
+              saves_on_signal=True),
       Command("report", "regenerate a sweep's plots and Markdown summary from DIR",
-              lambda p: p.add_argument("dir", metavar="DIR",
-                                       help="a sweep's --workdir"),
-              report, takes_config=False),
+              report.add_flags, report.handle, takes_config=False),
       Command("lr-find", "learning-rate range test: loss vs exponentially growing "
               "LR, plot and suggested LR",
-              lr_find_flags, lr_find,
-              load=lambda spec, o: load_study(spec, o, require_study=False),
-              description=lr_find_flags_lib.DESCRIPTION),
+              lr_find.add_flags, lr_find.handle,
+              load=lambda spec, o: sweep.load_study(spec, o, require_study=False),
+              description=lr_find.DESCRIPTION),
   ]
 
 
@@ -236,14 +114,6 @@ def load_config(spec: str, overrides: Sequence[str]):
   return config_lib.validate(config, given=config_lib.overridden(overrides))
 
 
-def init_distributed(args: argparse.Namespace) -> None:
-  """Joins the other processes of a multi-host run: explicit flags, or the
-  launcher's variables (SLURM, Open MPI, Kubernetes, Cloud TPU); see
-  `jaxtrain.parallel.cluster`."""
-  from jaxtrain.parallel import cluster  # pylint: disable=g-import-not-at-top
-  cluster.initialize(args)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   from jaxtrain import preemption  # pylint: disable=g-import-not-at-top
   preemption.install()  # first: a SIGTERM during start-up still ends cleanly
@@ -267,7 +137,7 @@ def _main(argv: Sequence[str] | None) -> int:
   try:
     load = command.load or load_config
     config = load(args.config, overrides) if command.takes_config else None
-    code = command.run(args, config) or 0
+    code = command.handle(args, config) or 0
     peers.farewell()  # on many hosts: this process ends on purpose
     if watcher.stopped_at is not None:  # saved, but not finished: 143 or 130
       return preemption.exit_code(watcher.signum)

@@ -1,4 +1,4 @@
-"""Early stopping on an eval metric, and the best checkpoint it keeps.
+"""Early stopping on an eval metric: when to stop, and which state was best.
 
 `train.early_stopping`: after each evaluation the monitored metric (e.g.
 `eval/accuracy`) is compared with the best so far; it improves when it beats the
@@ -7,15 +7,14 @@ value + min_delta < best), the semantics of Keras' and PyTorch Lightning's
 `EarlyStopping`. After `patience` evaluations in a row without improvement training
 stops (Prechelt 1998, "Early stopping - but when?"; patience 0: never stop).
 
-Every improving state is saved to `workdir/best` by an Orbax `CheckpointManager`
-that keeps one checkpoint chosen by metric (`best_fn`/`best_mode`), apart from the
-newest-N checkpoints in `workdir/checkpoints`, so `checkpoint.keep` never deletes
-it. At the end (stopped or finished) the run restores that state and reports its
-step and metrics.
+Every improving state is saved to `workdir/best` (`checkpoint.BestCheckpointer`),
+apart from the newest-N checkpoints, so `checkpoint.keep` never deletes it. At the
+end (stopped or finished) the run restores that state and reports its step and
+metrics.
 
 The tracker's state (best value, its step, evals since) travels in the regular
-checkpoints with the data position (`HostState`), so a resumed run stops at the
-same step as an uninterrupted one.
+checkpoints with the data position (`checkpoint.HostState`), so a resumed run stops
+at the same step as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -24,9 +23,6 @@ import math
 from typing import Any
 
 import ml_collections
-import orbax.checkpoint as ocp
-
-from jaxtrain import checksums
 
 
 @dataclasses.dataclass
@@ -73,82 +69,3 @@ class Tracker:
   def set_state(self, state: dict[str, Any]) -> None:
     self.best, self.best_step = state["best"], state["best_step"]
     self.wait = int(state["wait"])
-
-
-class HostState:
-  """The host-side state a checkpoint holds: data position (+ early stopping).
-
-  Quacks like the data iterator for `Checkpointer` (`get_state`/`set_state`), so
-  the tracker is saved in the same JSON item as the iterator position.
-  """
-
-  def __init__(self, data_iter: Any, tracker: Tracker | None):
-    self.data_iter, self.tracker = data_iter, tracker
-
-  def get_state(self) -> dict[str, Any]:
-    state = dict(self.data_iter.get_state())
-    if self.tracker is not None:
-      state["early_stopping"] = self.tracker.get_state()
-    return state
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    self.data_iter.set_state(state)
-    if self.tracker is not None and "early_stopping" in state:
-      self.tracker.set_state(state["early_stopping"])
-
-
-class BestCheckpointer:
-  """`workdir/best`: the state with the best value of `metric` (Orbax keeps 1)."""
-
-  def __init__(self, workdir: str, metric: str, mode: str, async_save: bool = True):
-    base = workdir.rstrip("/") if "://" in workdir else workdir
-    self.directory = f"{base}/best"
-    self.metric = metric
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=1, best_fn=lambda m: m[metric], best_mode=mode,
-        keep_checkpoints_without_metrics=False,
-        enable_async_checkpointing=async_save, create=True)
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "checksums": checksums.ChecksumHandler()})
-
-  def save(self, step: int, state: Any, metrics: dict[str, float]) -> None:
-    """Saves `state` with its eval `metrics` (a resumed run may see `step` again)."""
-    if step in self._manager.all_steps():
-      return
-    self._manager.save(step, metrics=dict(metrics), force=True,
-                       args=ocp.args.Composite(
-                           state=ocp.args.StandardSave(state),
-                           checksums=checksums.ChecksumSave(checksums.record(state))))
-
-  def best_step(self) -> int | None:
-    return self._manager.best_step()
-
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, float]]:
-    """(state, eval metrics) of `step`, onto the shardings of `abstract_state`.
-
-    Raises:
-      CheckpointCorruptError: its contents differ from their recorded checksums.
-    """
-    from jaxtrain import checkpoint  # pylint: disable=g-import-not-at-top
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    verified = checkpoint.has_checksums(self.directory, step)
-    if verified:
-      items["checksums"] = checksums.ChecksumRestore()
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    if verified:
-      try:
-        checkpoint.check_checksums(restored["state"], None, restored["checksums"])
-      except checkpoint.CheckpointCorruptError as e:
-        raise checkpoint.CheckpointCorruptError(
-            f"the best checkpoint (step {step}) in {self.directory} is damaged: "
-            f"{e}") from None
-    return restored["state"], dict(self._manager.metrics(step) or {})
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
-
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()

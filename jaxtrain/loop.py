@@ -74,9 +74,9 @@ class _NoClock:
 class Loop:
   """Runs one experiment from its current step to the end (or a stop).
 
-  `host` is the data iterator, or an `early_stopping.HostState` holding it and the
+  `host` is the data iterator, or a `checkpoint.HostState` holding it and the
   early-stopping tracker (saved together in every checkpoint); `best` the
-  `early_stopping.BestCheckpointer` when a metric is monitored.
+  `checkpoint.BestCheckpointer` when a metric is monitored.
   """
 
   def __init__(self, exp, fns: Functions, host, ckpt, writer, watcher,

@@ -1,4 +1,4 @@
-"""`jaxtrain optim-summary`: what the optimizer config does to each parameter.
+"""What the optimizer config does to each parameter (`jaxtrain optim-summary`).
 
 Prints one row per parameter path: shape, whether weight decay (and L1/L2) applies,
 whether a trust ratio (LARS/LAMB) applies, the learning-rate multiplier and whether
@@ -7,7 +7,6 @@ Shapes come from `jax.eval_shape`: nothing is initialized or compiled.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any, TextIO
 
@@ -48,13 +47,3 @@ def print_summary(config, stream: TextIO | None = None) -> None:
   decayed = sum(r[2] for r in rows)
   stream.write(f"{len(rows)} tensors, {count:,} parameters; weight decay on "
                f"{decayed}, excluded from it: {len(rows) - decayed}\n")
-
-
-def add_flags(p: argparse.ArgumentParser) -> None:
-  del p  # only --config and its overrides
-
-
-def run(args: argparse.Namespace, config) -> int:
-  del args
-  print_summary(config)
-  return 0

@@ -1,6 +1,6 @@
 """A resumed run is the run that was asked for: the saved config against the new one.
 
-Every checkpoint holds the config that wrote it (`checkpoint.py`). Before anything
+Every checkpoint holds the config that wrote it (`checkpoint/`). Before anything
 compiles, `check` compares it field by field with the config of the run about to
 resume. Fields that change the result (model, loss, data, optimizer and schedule,
 batch size, seed, run length, precision, EMA, stages, ...) must be the same: a change

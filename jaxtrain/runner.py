@@ -468,9 +468,9 @@ def _train_held(exp: Experiment, workdir: str, stop_at: int | None,
   data_iter = pipeline.train_iterator(exp.train_source, config.train.batch_size,
                                       config.seed, plan=exp.plan)
   tracker = early_stopping.Tracker.from_config(config.train.early_stopping)
-  best = None if tracker is None else early_stopping.BestCheckpointer(
+  best = None if tracker is None else checkpoint_lib.BestCheckpointer(
       workdir, tracker.metric, tracker.mode, config.checkpoint.async_save)
-  host = early_stopping.HostState(data_iter, tracker)
+  host = checkpoint_lib.HostState(data_iter, tracker)
   ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint.every,
                                      config.checkpoint.keep,
                                      config.checkpoint.async_save)

@@ -3,8 +3,8 @@
 Knowledge distillation (Hinton, Vinyals & Dean 2015, arXiv 1503.02531) trains a
 student on a teacher's temperature-softened outputs. `config.distill.teacher_workdir`
 names a finished run's workdir; its newest checkpoint (or `distill.teacher_step`) in
-`<workdir>/checkpoints` is opened by an Orbax manager in `read_only` mode, and only
-the teacher's params and model state are read (a partial restore: no optimizer
+`<workdir>/checkpoints` is opened read-only (`checkpoint.ReadOnlyCheckpoints`), and
+only the teacher's params and model state are read (a partial restore: no optimizer
 state), each leaf sharded by the teacher model's logical axes on the student's mesh.
 
 The teacher's model is `distill.teacher_model` (name + options), or, when its name is
@@ -25,10 +25,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxtrain import checkpoint, checksums, models
+from jaxtrain import checkpoint, models
 from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import sharding
 
@@ -56,17 +55,7 @@ class Teacher:
     return fn
 
 
-def _manager(directory: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                     "config": ocp.JsonCheckpointHandler(),
-                     "checksums": checksums.ChecksumHandler()})
-
-
-def _checkpoint_step(distill: ml_collections.ConfigDict,
-                     manager: ocp.CheckpointManager) -> int:
-  steps = manager.all_steps()
+def _checkpoint_step(distill: ml_collections.ConfigDict, steps: list[int]) -> int:
   if not steps:
     raise ConfigError("distill.teacher_workdir", distill.teacher_workdir,
                       "holds no complete checkpoint; train the teacher there first")
@@ -77,13 +66,11 @@ def _checkpoint_step(distill: ml_collections.ConfigDict,
   return step
 
 
-def _model_section(distill: ml_collections.ConfigDict, manager: ocp.CheckpointManager,
-                   step: int) -> dict[str, Any]:
+def _model_section(distill: ml_collections.ConfigDict,
+                   saved: checkpoint.ReadOnlyCheckpoints, step: int) -> dict[str, Any]:
   if distill.teacher_model.name:
     return dict(distill.teacher_model)
-  saved = manager.restore(step, args=ocp.args.Composite(
-      config=ocp.args.JsonRestore()))["config"]
-  return dict(saved["model"])
+  return dict(saved.config(step)["model"])
 
 
 def build(config: ml_collections.ConfigDict, num_classes: int, dtype: Any,
@@ -102,13 +89,10 @@ def build(config: ml_collections.ConfigDict, num_classes: int, dtype: Any,
   if not directory.exists():
     raise ConfigError("distill.teacher_workdir", distill.teacher_workdir,
                       f"no checkpoints in {directory}; name the teacher run's workdir")
-  manager = _manager(str(directory))
-  try:
-    step = _checkpoint_step(distill, manager)
-    section = _model_section(distill, manager, step)
-    saved = manager.item_metadata(step)["state"]["train"]
-  finally:
-    manager.close()
+  with checkpoint.ReadOnlyCheckpoints(str(directory)) as checkpoints:
+    step = _checkpoint_step(distill, checkpoints.steps())
+    section = _model_section(distill, checkpoints, step)
+    saved = checkpoints.state_metadata(step)["train"]
   name = section.pop("name")
   try:
     model = models.get_model(name, num_classes=num_classes, dtype=dtype, **section)
@@ -153,26 +137,13 @@ def restore(teacher: Teacher) -> Teacher:
   target = {"params": teacher.variables["params"],
             "model_state": {k: v for k, v in teacher.variables.items()
                             if k != "params"}}
-  manager = _manager(teacher.directory)
-  items = {"state": ocp.args.PyTreeRestore(
-      item={"train": target},
-      restore_args=ocp.checkpoint_utils.construct_restore_args({"train": target}),
-      partial_restore=True)}
-  verified = checkpoint.has_checksums(teacher.directory, teacher.step)
-  if verified:
-    items["checksums"] = checksums.ChecksumRestore()
   try:
-    restored = manager.restore(teacher.step, args=ocp.args.Composite(**items))
-  finally:
-    manager.close()
-  if verified:  # only the teacher's arrays were read; only they are checked
-    try:
-      checkpoint.check_checksums(restored["state"], None, restored["checksums"])
-    except checkpoint.CheckpointCorruptError as e:
-      raise ConfigError("distill.teacher_workdir",
-                        str(epath.Path(teacher.directory).parent), f"its checkpoint at step "
-                        f"{teacher.step} in {teacher.directory} is damaged ({e}); "
-                        "choose another with distill.teacher_step") from None
-  restored = restored["state"]["train"]
+    with checkpoint.ReadOnlyCheckpoints(teacher.directory) as checkpoints:
+      restored = checkpoints.restore_part(teacher.step, {"train": target})["train"]
+  except checkpoint.CheckpointCorruptError as e:  # only the teacher's arrays: checked
+    raise ConfigError("distill.teacher_workdir",
+                      str(epath.Path(teacher.directory).parent), "its checkpoint at "
+                      f"step {teacher.step} in {teacher.directory} is damaged ({e}); "
+                      "choose another with distill.teacher_step") from None
   variables = {"params": restored["params"], **(restored.get("model_state") or {})}
   return dataclasses.replace(teacher, variables=variables)

@@ -6,7 +6,6 @@ The layouts' expected GPU ids below are written out by hand from how each
 launcher places tasks; the coordinator addresses are checked against JAX's own
 cluster classes (jax/_src/clusters), which read the same variables.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -24,8 +23,8 @@ EXPERIMENT = os.path.join(ROOT, "experiments", "digits_cnn.py")
 
 
 def _args(coordinator=None, num_processes=None, process_id=None):
-  return argparse.Namespace(coordinator_address=coordinator,
-                            num_processes=num_processes, process_id=process_id)
+  return cluster.Flags(coordinator_address=coordinator,
+                       num_processes=num_processes, process_id=process_id)
 
 
 def slurm_env(procid, localid, nodeid, ntasks, tasks_per_node, gpus_on_node,

@@ -53,7 +53,6 @@ without it).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import os
@@ -65,6 +64,20 @@ from jaxtrain.errors import ConfigError
 DRIVER_GPUS = "/proc/driver/nvidia/gpus"  # one entry per GPU (PCI address)
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
                "SLURM_LOCALID")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flags:
+  """The multi-host flags of a command; each given one overrides the launcher's.
+
+  Attributes:
+    coordinator_address: `--coordinator_address` (HOST:PORT of process 0).
+    num_processes: `--num_processes`.
+    process_id: `--process_id`.
+  """
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,13 +271,12 @@ def _detected(env: Mapping[str, str]) -> tuple[str, str | None, int | None,
   return None
 
 
-def plan(args: argparse.Namespace, env: Mapping[str, str] = os.environ,
+def plan(args: Flags, env: Mapping[str, str] = os.environ,
          node_gpus: Callable[[], int | None] = driver_gpu_count) -> Launch | None:
   """How this process starts: None for a single process, else its `Launch`.
 
   Args:
-    args: the command's flags (`coordinator_address`, `num_processes`,
-      `process_id`; each overrides what a launcher gives).
+    args: the command's multi-host flags (each overrides what a launcher gives).
     env: the environment (the launcher's variables).
     node_gpus: the node's GPU count where no variable gives it (the driver's).
 
@@ -318,8 +330,7 @@ def _check_kubernetes(coordinator: str | None, count: int | None) -> None:
                       "package (pip install 'jax[k8s]') to read both from the API")
 
 
-def initialize(args: argparse.Namespace, env: Mapping[str, str] = os.environ
-               ) -> Launch | None:
+def initialize(args: Flags, env: Mapping[str, str] = os.environ) -> Launch | None:
   """Joins the other processes (`plan`), then logs what this process sees.
 
   Returns:

@@ -27,7 +27,6 @@ References:
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -38,7 +37,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxtrain import lease, optim, runner, step as step_lib
+from jaxtrain import optim, runner, step as step_lib
 from jaxtrain import teacher as teacher_lib
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
@@ -175,32 +174,3 @@ def write(result: RangeTest, workdir: str) -> str:
   (root / "lr_find.csv").write_text(f.getvalue(), encoding="utf-8")
   return plots.lr_range(result.learning_rates, result.smoothed, result.suggestion,
                         root / "lr_find.png")
-
-
-def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> int:
-  check_smoothing(args.smoothing, args.divergence_factor)
-  runner.check_workdir(args.workdir)
-  test_config = range_config(config, args.min_lr, args.max_lr, args.num_steps,
-                             args.optimizer)
-  with lease.held(args.workdir):  # one run per workdir; exits 2 naming the holder
-    return _run_held(args, test_config)
-
-
-def _run_held(args: argparse.Namespace, test_config: ml_collections.ConfigDict) -> int:
-  result = run_range_test(test_config, args.smoothing, args.divergence_factor)
-  if not result.learning_rates:
-    print("jaxtrain: the first step already diverged; lower --min_lr")
-    return 1
-  if jax.process_index() != 0:  # the same result on every process; one writes it
-    return 0
-  png = write(result, args.workdir)
-  steps = len(result.learning_rates)
-  end = (f"diverged at lr {result.learning_rates[-1]:.3g} after {steps} steps"
-         if result.diverged else f"reached lr {result.learning_rates[-1]:.3g}")
-  print(f"LR range test ({test_config.optimizer.name}, batch "
-        f"{test_config.train.batch_size}): {end}")
-  print(f"steepest descent at lr {result.steepest:.3g}; minimum smoothed loss at lr "
-        f"{result.suggestion * 10:.3g}")
-  print(f"suggested learning rate: {result.suggestion:.3g}")
-  print(f"plot: {png}")
-  return 0

@@ -12,13 +12,10 @@ maximal useful batch size, past which steps fall by less than `FLAT_GAIN`.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Any, Mapping, Sequence
 
 from etils import epath
 
-from jaxtrain.errors import ConfigError
 from jaxtrain.study import plots, results, targets
 
 PERFECT_EFFICIENCY = 0.7
@@ -177,19 +174,3 @@ def write(workdir: str) -> str:
   text = markdown(header, records)
   results.write_atomic(root / "report.md", text)
   return text
-
-
-def run(args: argparse.Namespace, config) -> int:
-  del config
-  try:
-    text = write(args.dir)
-  except FileNotFoundError as e:
-    print(f"jaxtrain: error: DIR={args.dir!r}: {e}", file=sys.stderr)
-    return 2
-  except ConfigError as e:  # a results.json that is not one
-    print(f"jaxtrain: error: DIR={args.dir!r}: {str(e).split(': ', 1)[1]}",
-          file=sys.stderr)
-    return 2
-  print(text, end="")
-  print(f"Plots and report.md written to {args.dir}")
-  return 0

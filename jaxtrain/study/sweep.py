@@ -200,8 +200,8 @@ def _watch(watcher, workdir: str) -> None:
       "and the group in progress runs again on a re-run")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
-        watcher=None, log: Callable[[str], None] = print) -> list[Record]:
+def run_study(config: ml_collections.ConfigDict, workdir: str, devices=None,
+              watcher=None, log: Callable[[str], None] = print) -> list[Record]:
   """Runs (or resumes) the study in `workdir`; returns its trial records.
 
   Args:
@@ -257,24 +257,3 @@ def run(config: ml_collections.ConfigDict, workdir: str, devices=None,
   records = [done[t.id] for t in trials if t.id in done]
   results.write_results(workdir, header, records)
   return records
-
-
-def main(args, config: ml_collections.ConfigDict) -> int:
-  """`jaxtrain sweep`: runs the study, then writes the plots and report.md."""
-  from jaxtrain import lease, preemption  # pylint: disable=g-import-not-at-top
-  from jaxtrain.study import report  # pylint: disable=g-import-not-at-top
-  runner.check_workdir(args.workdir)
-  watcher = preemption.installed()
-  with lease.held(args.workdir):  # one run per workdir; exits 2 naming the holder
-    records = run(config, args.workdir, watcher=watcher)
-  if watcher is not None and watcher.stopped_at is not None:
-    # A stop has little time (a preemption notice): the report can wait.
-    if jax.process_index() == 0:
-      print(f"`jaxtrain report {args.workdir}` reports the finished trials.")
-    return 0  # the CLI exits 128 + the signal number
-  # Only process 0 wrote results.json: on a pod with a local --workdir the other
-  # workers have none to report from.
-  if records and jax.process_index() == 0:
-    print(report.write(args.workdir), end="")
-    print(f"Results, plots and report.md are in {args.workdir}")
-  return 0

@@ -36,7 +36,7 @@ class _StopInSecondGroup:
 def resumed(tmp_path_factory):
   """A sweep stopped in its second group, then resumed with `jaxtrain sweep`."""
   workdir = str(tmp_path_factory.mktemp("sweep"))
-  partial = sweep.run(grid.load(STUDY, OVERRIDES), workdir,
+  partial = sweep.run_study(grid.load(STUDY, OVERRIDES), workdir,
                       watcher=_StopInSecondGroup(), log=lambda line: None)
   argv = ["sweep", f"--config={STUDY}", f"--workdir={workdir}"]
   out = io.StringIO()
@@ -109,7 +109,7 @@ def test_rerun_with_another_target_recomputes_from_the_stored_curves(resumed,
   another, ends with the records a fresh run for that target writes."""
   workdir = str(tmp_path)
   stricter = [o for o in OVERRIDES if not o.startswith("study.target")]
-  sweep.run(grid.load(STUDY, [*stricter, "study.target=eval/accuracy >= 0.6"]),
+  sweep.run_study(grid.load(STUDY, [*stricter, "study.target=eval/accuracy >= 0.6"]),
             workdir, log=lambda line: None)
   out = io.StringIO()
   with contextlib.redirect_stdout(out):

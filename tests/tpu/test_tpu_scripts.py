@@ -473,6 +473,7 @@ def test_run_lr_find_flags_are_the_cli_flags():
   Cloud TPU are detected, as for train)."""
   import argparse  # pylint: disable=g-import-not-at-top
   from jaxtrain import cli  # pylint: disable=g-import-not-at-top
+  from jaxtrain.commands import flags as flags_lib  # pylint: disable=g-import-not-at-top
   (lr_find,) = [c for c in cli._commands() if c.name == "lr-find"]  # pylint: disable=protected-access
 
   def flags(add):
@@ -480,7 +481,7 @@ def test_run_lr_find_flags_are_the_cli_flags():
     add(parser)
     return {o[2:] for a in parser._actions for o in a.option_strings  # pylint: disable=protected-access
             if o.startswith("--") and o not in ("--help", "--workdir")}
-  cli_flags = flags(lr_find.add_flags) - flags(cli.add_multihost_flags)
+  cli_flags = flags(lr_find.add_flags) - flags(flags_lib.add_multihost_flags)
   assert "num_processes" in flags(lr_find.add_flags)
   listed = re.search(r"^LR_FIND_FLAGS=\((.*)\)$", (TPU / "run.sh").read_text(), re.M)
   assert set(listed.group(1).split()) == cli_flags

@@ -1,4 +1,4 @@
-"""Checkpoints: train state, data-iterator position and config, via Orbax.
+"""The run's own checkpoints: train state, data-iterator position and config.
 
 One Orbax `CheckpointManager` in `workdir/checkpoints`; each step directory holds
 `state` (the sharded TrainState, restored onto whatever mesh the run now has, plus
@@ -20,7 +20,6 @@ consumed) is the same number on every process, so one copy serves any process co
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any, Callable
 
 import jax
@@ -31,19 +30,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxtrain import checksums
-from jaxtrain.errors import ConfigError
-
-
-class CheckpointMismatchError(ConfigError):
-  """The workdir's checkpoint was written for a different model or shape."""
-
-
-class CheckpointWriteError(RuntimeError):
-  """A save failed (disk full, permissions, storage outage); older steps intact."""
-
-
-class CheckpointCorruptError(RuntimeError):
-  """A step's contents do not match the checksums recorded when it was saved."""
+from jaxtrain.checkpoint.errors import CheckpointMismatchError, CheckpointWriteError
+from jaxtrain.checkpoint.verify import check_checksums, has_checksums
+from jaxtrain.checkpoint.workdir import checkpoint_dir
 
 
 def _handlers() -> dict[str, Any]:
@@ -56,9 +45,7 @@ class Checkpointer:
   """Saves every `every` steps (and on demand), keeps the newest `keep`."""
 
   def __init__(self, workdir: str, every: int, keep: int, async_save: bool = True):
-    # gs:// (any URL) as given: abspath would turn it into a local "gs:/..." path.
-    base = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
-    self.directory = f"{base}/checkpoints"
+    self.directory = checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
         async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
@@ -218,81 +205,6 @@ class Checkpointer:
           f"could not write the checkpoint {which}in {self.directory} "
           f"({type(e).__name__}: {str(e)[:300]}); {kept}. Free space or fix the "
           "storage, then re-run the same command to resume.") from e
-
-
-def has_checksums(directory: str, step: int) -> bool:
-  """Whether `step` in the Orbax `directory` recorded checksums when saved."""
-  return (epath.Path(directory) / str(step) / "checksums").exists()
-
-
-def check_checksums(tree: Any, data: Any, records: Any) -> checksums.Verdict:
-  """Checks a restored `tree` (and data item) against a step's records.
-
-  Raises:
-    CheckpointCorruptError: a piece differs from what was saved.
-  """
-  verdict = checksums.verify(tree, data, records)
-  if not verdict.ok:
-    shown = ", ".join(verdict.mismatched[:3])
-    more = len(verdict.mismatched) - 3
-    raise CheckpointCorruptError(
-        f"contents differ from the checksums recorded at the save: {shown}"
-        + (f" and {more} more" if more > 0 else ""))
-  return verdict
-
-
-def describe_intact(workdir: str) -> str:
-  """'the checkpoint at step N in DIR is intact', from the directory alone.
-
-  Safe to call from any thread while a save is cut short: a step is complete once
-  Orbax renamed it to its number (local disks) or wrote its commit_success.txt
-  (object stores, where it is written in place).
-  """
-  base = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
-  directory = epath.Path(f"{base}/checkpoints")
-  try:
-    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()
-             and ("://" not in base or (p / "commit_success.txt").exists())]
-  except OSError:
-    steps = []
-  if not steps:
-    return "no complete checkpoint exists yet"
-  return f"the checkpoint at step {max(steps)} in {directory} is intact"
-
-
-def checkpoint_dir(workdir: str) -> str:
-  """`workdir/checkpoints` as the Checkpointer names it (gs:// URLs kept as given)."""
-  base = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
-  return f"{base}/checkpoints"
-
-
-def saved_config(workdir: str) -> tuple[int, dict[str, Any]] | None:
-  """(step, config) of the newest checkpoint whose config item reads; None if none.
-
-  Read-only (nothing is moved or written): run before compiling, to compare the
-  config a resumed run would continue with (`jaxtrain.resume_config`). Steps are
-  the directories Orbax finalized, as `describe_intact` finds them (unfinished
-  saves and set-aside steps carry suffixes locally; on object stores a step is
-  committed once marked); the item is read by Orbax's JSON handler.
-  """
-  directory = epath.Path(checkpoint_dir(workdir))
-  if not directory.exists():
-    return None
-  remote = "://" in workdir  # written in place there: committed once marked
-  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()
-                  and (not remote or (p / "commit_success.txt").exists())),
-                 reverse=True)
-  handler = ocp.JsonCheckpointHandler()
-  try:
-    for step in steps:
-      try:
-        return step, handler.restore(directory / str(step) / "config",
-                                     ocp.args.JsonRestore())
-      except Exception:  # pylint: disable=broad-except
-        continue  # unreadable: restore_latest reports it and sets it aside
-    return None
-  finally:
-    handler.close()
 
 
 def _path(keys) -> str:

@@ -1,0 +1,67 @@
+"""Another run's checkpoints, opened read-only (the distillation teacher's).
+
+An Orbax `CheckpointManager` in `read_only` mode over `<workdir>/checkpoints`: it
+lists the steps, reads a step's config and state metadata, and restores part of a
+step's state (a partial restore: e.g. only params and model state, no optimizer
+state), each leaf onto the sharding its target gives. What was read is checked
+against the checksums recorded at the save.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from jaxtrain import checksums
+from jaxtrain.checkpoint.verify import check_checksums, has_checksums
+
+
+class ReadOnlyCheckpoints:
+  """The checkpoints in `directory`, never written (a context manager)."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self._manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler(),
+                       "checksums": checksums.ChecksumHandler()})
+
+  def __enter__(self) -> "ReadOnlyCheckpoints":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self._manager.close()
+
+  def steps(self) -> list[int]:
+    """The complete steps, oldest first."""
+    return list(self._manager.all_steps())
+
+  def config(self, step: int) -> dict[str, Any]:
+    """The config saved with `step` (a plain dict)."""
+    return self._manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+
+  def state_metadata(self, step: int) -> Any:
+    """The tree of `step`'s state item: shapes and dtypes, nothing read."""
+    return self._manager.item_metadata(step)["state"]
+
+  def restore_part(self, step: int, target: Any) -> Any:
+    """The leaves of `step`'s state that `target` names, in its shardings.
+
+    `target`: a subtree of the saved state of `jax.ShapeDtypeStruct`s with
+    shardings; only those arrays are read, and only they are checked.
+
+    Raises:
+      CheckpointCorruptError: what was read differs from its recorded checksums.
+    """
+    items = {"state": ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)}
+    verified = has_checksums(self.directory, step)
+    if verified:
+      items["checksums"] = checksums.ChecksumRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if verified:
+      check_checksums(restored["state"], None, restored["checksums"])
+    return restored["state"]
