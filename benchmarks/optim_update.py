@@ -70,7 +70,8 @@ def optimizers() -> dict[str, optax.GradientTransformation]:
   excluded = lambda p: jax.tree.map(lambda x: x.ndim <= 1, p)
   included = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
   return {
-      "jaxtrain lars": optim.lars(0.1, 0.9, 1e-4, 0.001, exclude=excluded),
+      "jaxtrain lars": optim.lars(0.1, momentum=0.9, weight_decay=1e-4,
+                                   trust_coefficient=0.001, exclude=excluded),
       "optax.lars": optax.lars(0.1, weight_decay=1e-4, weight_decay_mask=included,
                                trust_coefficient=0.001,
                                trust_ratio_mask=included, momentum=0.9),

@@ -122,8 +122,9 @@ def _optimizer(c: ml_collections.ConfigDict, lr: optax.Schedule,
   mu_dtype = c.mu_dtype or None
   if c.name == "lars":
     exclude = lambda params: jax.tree.map(lambda m: not m, wd_mask(params))
-    return lars_tx(lr, c.momentum, c.weight_decay, c.trust_coefficient,
-                   _eps(c, 0.0), c.nesterov, exclude, mu_dtype)
+    return lars_tx(lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                   trust_coefficient=c.trust_coefficient, eps=_eps(c, 0.0),
+                   nesterov=c.nesterov, exclude=exclude, mu_dtype=mu_dtype)
   if c.name == "lamb":
     return optax.lamb(lr, c.b1, c.b2, _eps(c, 1e-6),
                       weight_decay=c.weight_decay, mask=wd_mask)
@@ -277,8 +278,10 @@ def _validate(opt_config: Any, total_steps: int | None,
 def _check_run(c: ml_collections.ConfigDict, total_steps: int,
                batch_size: int | None) -> None:
   """Checks that need the run's length or batch size."""
-  if not (isinstance(total_steps, numbers.Integral) and total_steps >= 1):
-    raise ConfigError("train.num_steps", total_steps, "must be an int >= 1")
+  if (isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral)
+      or total_steps < 1):  # a library call's argument: configs were checked
+    raise ValueError(f"jaxtrain.optim.build(total_steps={total_steps!r}): the "
+                     "number of train steps, an int >= 1")
   _check("accumulate_steps", c.accumulate_steps,
          c.accumulate_steps <= total_steps, f"must be <= {total_steps} steps")
   if c.lr_scaling != "none" and not batch_size:

@@ -136,8 +136,10 @@ def hyper_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int,
     if c.name == "lars":
       def exclude(params):  # LARS skips what weight decay skips (optim.build)
         return jax.tree.map(lambda m: not m, wd_mask(params))
-      stages.append(optim.lars(lr, momentum, weight_decay, c.trust_coefficient,
-                               eps(0.0), c.nesterov, exclude, mu_dtype))
+      stages.append(optim.lars(
+          lr, momentum=momentum, weight_decay=weight_decay,
+          trust_coefficient=c.trust_coefficient, eps=eps(0.0), nesterov=c.nesterov,
+          exclude=exclude, mu_dtype=mu_dtype))
       return optax.chain(*stages)
     if c.name == "sgd":
       stages.append(optax.identity())

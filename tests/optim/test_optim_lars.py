@@ -71,7 +71,8 @@ def assert_close(got, want, rtol=2e-5, atol=1e-6):
                                        (0.0, 1.0, 0.0)])
 def test_lars_default_exclusion_matches_reference(nesterov, wd, tc, eps):
   grads = gradient_sequence()
-  got = run(optim.lars(0.5, 0.9, wd, tc, eps, nesterov), grads)
+  got = run(optim.lars(0.5, momentum=0.9, weight_decay=wd, trust_coefficient=tc,
+                       eps=eps, nesterov=nesterov), grads)
   excluded = {"bias": True, "kernel": False, "zero": False}  # ndim <= 1
   want = np_lars(W0, grads, [0.5] * len(grads), 0.9, wd, tc, eps, nesterov,
                  excluded)
@@ -81,7 +82,8 @@ def test_lars_default_exclusion_matches_reference(nesterov, wd, tc, eps):
 def test_lars_schedule_is_inside_the_momentum_buffer():
   grads = gradient_sequence()
   schedule = optax.linear_schedule(1.0, 0.1, len(grads))
-  got = run(optim.lars(schedule, 0.9, 1e-3, 0.01), grads)
+  got = run(optim.lars(schedule, momentum=0.9, weight_decay=1e-3,
+                       trust_coefficient=0.01), grads)
   lrs = [float(schedule(k)) for k in range(len(grads))]
   want = np_lars(W0, grads, lrs, 0.9, 1e-3, 0.01, 0.0, False,
                  {"bias": True, "kernel": False, "zero": False})
@@ -94,7 +96,8 @@ def test_lars_explicit_exclusion(exclude_kind):
   exclude = (excluded if exclude_kind == "tree"
              else lambda params: jax.tree.map(lambda p: p.shape == (2, 3), params))
   grads = gradient_sequence()
-  got = run(optim.lars(0.3, 0.8, 0.01, 0.05, exclude=exclude), grads)
+  got = run(optim.lars(0.3, momentum=0.8, weight_decay=0.01, trust_coefficient=0.05,
+                       exclude=exclude), grads)
   want = np_lars(W0, grads, [0.3] * len(grads), 0.8, 0.01, 0.05, 0.0, False,
                  excluded)
   assert_close(got, want)
@@ -118,7 +121,8 @@ def test_matches_optax_lars_without_weight_decay_and_exclusions(nesterov, eps):
   # wd = 0 and every tensor trust-ratio scaled that is exactly our form.
   grads = gradient_sequence()
   schedule = optax.cosine_decay_schedule(0.8, len(grads))
-  ours = optim.lars(schedule, 0.9, 0.0, 0.01, eps, nesterov,
+  ours = optim.lars(schedule, momentum=0.9, weight_decay=0.0,
+                    trust_coefficient=0.01, eps=eps, nesterov=nesterov,
                     exclude=lambda p: jax.tree.map(lambda _: False, p))
   theirs = optax.lars(schedule, weight_decay=0.0, trust_coefficient=0.01,
                       eps=eps, momentum=0.9, nesterov=nesterov)
@@ -129,7 +133,8 @@ def test_differs_from_optax_lars_with_weight_decay():
   # Guards the documented difference: denominator ||g|| + wd ||w|| here.
   grads = gradient_sequence()
   none = lambda p: jax.tree.map(lambda _: False, p)
-  ours = run(optim.lars(0.5, 0.9, 0.5, 0.01, exclude=none), grads)
+  ours = run(optim.lars(0.5, momentum=0.9, weight_decay=0.5, trust_coefficient=0.01,
+                        exclude=none), grads)
   theirs = run(optax.lars(0.5, weight_decay=0.5, trust_coefficient=0.01), grads)
   assert not np.allclose(ours[-1]["kernel"], theirs[-1]["kernel"], rtol=1e-3)
 
