@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxtrain.optim import masks
+
 _NO_PARAMS = "this transformation needs params: tx.update(updates, state, params)"
 
 # True marks a tensor excluded from weight decay and the trust ratio.
@@ -104,6 +106,7 @@ def lars(learning_rate: optax.ScalarOrSchedule, *,
     You et al., Large Batch Training of Convolutional Networks, 2017,
     arXiv 1708.03888.
   """
+  masks.refuse_scheduled_mask("exclude")
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
   exclude = exclude_ndim_le_1 if exclude is None else exclude
 

@@ -9,6 +9,7 @@ big_vision's regex masks (`big_vision/optax.py`).
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -63,6 +64,32 @@ def regex_mask(patterns: str | Sequence[str],
   def mask_fn(params: Any) -> Any:
     return jax.tree.map(leaf_mask, param_paths(params), params)
   return mask_fn
+
+
+def refuse_scheduled_mask(name: str) -> None:
+  """Raises if optax.inject_hyperparams is using a mask function as a schedule.
+
+  Without `static_args`, `optax.inject_hyperparams` calls every callable argument
+  with the step count and passes the result to the factory: a mask function then
+  yields one bool (`exclude_ndim_le_1(count)` is True, the scalar count has
+  ndim 0), which a factory taking optax's mask forms would read as "every tensor",
+  silently. Call this from the factory: it looks one frame up, at
+  inject_hyperparams' init/update function, for its schedule table (`sched_hps`,
+  optax 0.2.x); when that layout is not found it does nothing.
+
+  Args:
+    name: the factory's mask argument, e.g. "exclude".
+
+  Raises:
+    TypeError: `name` is being scheduled by optax.inject_hyperparams.
+  """
+  caller = sys._getframe(2)  # pylint: disable=protected-access
+  scheduled = caller.f_locals.get("sched_hps")
+  if isinstance(scheduled, dict) and name in scheduled:
+    raise TypeError(
+        f"{name}: optax.inject_hyperparams called this mask function with the step "
+        f"count, as a schedule; pass static_args=({name!r},) to "
+        "inject_hyperparams")
 
 
 def ndim_above_1(path: str, leaf: Any) -> bool:

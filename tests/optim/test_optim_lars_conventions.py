@@ -86,3 +86,15 @@ def test_everything_after_the_learning_rate_is_keyword_only():
 def test_build_called_as_a_library_names_total_steps():
   with pytest.raises(ValueError, match=r"build\(total_steps=300\.0\)"):
     optim.build({"name": "sgd", "learning_rate": 0.1}, 300.0)
+
+
+@pytest.mark.parametrize("exclude", [optim.exclude_ndim_le_1,
+                                     lambda p: jax.tree.map(lambda _: False, p)])
+def test_mask_function_scheduled_by_inject_hyperparams_is_refused(exclude):
+  # Without static_args optax calls the function with the step count:
+  # exclude_ndim_le_1(count) is True (ndim 0), which used to end in "ValueError:
+  # Expected dict, got True." and would otherwise read as "exclude every tensor".
+  params = jax.tree.map(jnp.asarray, W0)
+  tx = optax.inject_hyperparams(optim.lars)(learning_rate=0.1, exclude=exclude)
+  with pytest.raises(TypeError, match=r"exclude: .*static_args=\('exclude',\)"):
+    tx.init(params)
