@@ -5,7 +5,7 @@ Know whether a pod run fits before paying for the pod (MaxText's `train_compile.
 needed) gives the pod's devices; the experiment is built on a mesh of them (config.mesh
 resolved against their count, config.train.batch_size global), its state described by
 `jax.ShapeDtypeStruct`s with shardings (nothing is initialized), and the runner's own
-`train_fn` (`runner.make_jitted_steps`) is lowered and compiled by the TPU compiler.
+`train_fn` (`program.compile_program`) is lowered and compiled by the TPU compiler.
 The compiled program reports per-device memory (`memory_analysis`), FLOPs
 (`cost_analysis`) and, in its HLO, the collectives it runs
 (`jaxtrain.parallel.collectives`).
@@ -34,14 +34,12 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 
-from jaxtrain import ema as ema_lib
+from jaxtrain import program as program_lib
 from jaxtrain import runner
 from jaxtrain.data import builders, sources, tfds_source, transforms
 from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import collectives
-from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
-from jaxtrain.state import abstract_train_state
 
 GIB = 2**30
 MIB = 2**20
@@ -221,11 +219,8 @@ def _on_mesh(exp: runner.Experiment, mesh: Mesh) -> runner.Experiment:
 
 def _example_batch(exp: runner.Experiment) -> dict[str, jax.ShapeDtypeStruct]:
   """The global batch `pipeline.to_global` would feed: every key, shape and dtype."""
-  rows = exp.train_source.load_batch(np.arange(2), train=True)
-  batch_sh = mesh_lib.batch_sharding(exp.mesh)
-  size = exp.config.train.batch_size
-  return {k: jax.ShapeDtypeStruct((size, *v.shape[1:]), v.dtype, sharding=batch_sh)
-          for k, v in rows.items()}
+  return program_lib.example_batch(
+      exp, exp.train_source.load_batch(np.arange(2), train=True))
 
 
 def per_device_bytes(tree: Any) -> int:
@@ -297,22 +292,16 @@ def compile_train_step(config: ml_collections.ConfigDict,
   if target.platform != "cpu":
     exp = _on_mesh(exp, _physical_mesh(exp.mesh, target.devices))
   rules = config.sharding.rules
-  state, shardings = abstract_train_state(
-      exp.model, exp.tx, exp.train_source.image_shape, config.seed, exp.mesh, rules)
-  if exp.ema is not None:  # the weight average is a second copy of params + stats
-    shardings = ema_lib.shardings(shardings)
-    state = sharding.abstract(jax.eval_shape(ema_lib.init, state), shardings)
+  program = program_lib.compile_program(exp, abstract=True)  # nothing allocated
+  state, teacher = program.abstract_state, program.teacher_args
   batch = _example_batch(exp)
-  teacher = (exp.teacher.variables,) if exp.teacher is not None else ()
-  # Outside the mesh context: it builds the zeroed metric sums eagerly, here.
-  train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
-  sums = jax.eval_shape(init_sums)
+  sums = jax.eval_shape(program.init_sums)
   if config.train.steps_per_dispatch > 1:
     notes.append(f"train.steps_per_dispatch={config.train.steps_per_dispatch}: the "
                  "run scans that many steps per program; compiled here: one step")
   t0 = time.perf_counter()
   with sharding.activate(exp.mesh, rules):
-    lowered = train_fn.lower(state, sums, batch, *teacher)
+    lowered = program.train_fn.lower(state, sums, batch, *teacher)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()

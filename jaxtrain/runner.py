@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from etils import epath
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
@@ -27,7 +26,7 @@ from jaxtrain import early_stopping
 from jaxtrain import lease as lease_lib
 from jaxtrain import ema as ema_lib
 from jaxtrain import metrics as metrics_lib
-from jaxtrain import losses, models, optim, precision, step as step_lib
+from jaxtrain import models, optim, precision, step as step_lib
 from jaxtrain.data import batch_plan, pipeline, sources
 from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import mesh as mesh_lib
@@ -37,9 +36,11 @@ from jaxtrain import preemption
 from jaxtrain import resume_config
 from jaxtrain import run_checks
 from jaxtrain import teacher as teacher_lib
-from jaxtrain import validated
 from jaxtrain.loop import TrainingHalted  # noqa: F401  (public: runner.TrainingHalted)
-from jaxtrain.state import TrainState, abstract_train_state, create_train_state
+from jaxtrain.program import (  # noqa: F401  (public: runner.make_jitted_steps, ...)
+    Program, block_sharding, compile_program, initial_state, make_jitted_block,
+    make_jitted_steps)
+from jaxtrain.state import TrainState
 
 
 @dataclasses.dataclass
@@ -73,8 +74,7 @@ class Experiment:
 
 def build(config: ml_collections.ConfigDict,
           devices: list[jax.Device] | None = None) -> Experiment:
-  """Validates `config` (unless already validated) and builds everything that
-  needs no compilation.
+  """Validates `config` and builds everything that needs no compilation.
 
   Args:
     config: the experiment config.
@@ -88,8 +88,7 @@ def build(config: ml_collections.ConfigDict,
     ConfigError: a bad field, a batch the mesh does not divide, a model that
       cannot take the data's image size, ...
   """
-  if not validated.is_marked(config):  # a library call; the CLI validated it
-    config_lib.validate(config)
+  config_lib.validate(config)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   mesh_lib.check_batch("train.batch_size", config.train.batch_size, mesh)
   eval_batch = config.train.eval_batch_size or config.train.batch_size
@@ -157,7 +156,7 @@ def eval_metric_names(exp: Experiment) -> list[str]:
     params = variables.pop("params")
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        model_state=variables, opt_state=None, rng=None)
-    return _eval_step(exp)(state, batch)
+    return step_lib.make_eval_step(exp.model)(state, batch)
 
   with sharding.activate(exp.mesh, c.sharding.rules):
     return [n for n in jax.eval_shape(names, batch) if n != "count"]
@@ -181,113 +180,6 @@ def _check_bn_groups(config: ml_collections.ConfigDict,
   if group is not None and (group < 1 or (replicas > 1 and replicas % group)):
     raise ConfigError("model.bn_group_size", group, f"must divide the {replicas} "
                       "data-parallel replicas (mesh data x fsdp); None means all")
-
-
-def _train_step(exp: Experiment, teacher_variables: Any = None
-                ) -> step_lib.TrainStep:
-  """The run's step: loss step (with the teacher's logits), then the EMA update."""
-  teacher_fn = None
-  if exp.teacher is not None:
-    teacher_fn = exp.teacher.logits_fn(teacher_variables)
-  train_step = step_lib.make_train_step(exp.model, exp.tx,
-                                        loss=losses.from_config(exp.config),
-                                        teacher_fn=teacher_fn,
-                                        weight_grad_dtype=exp.config.precision
-                                        .weight_grad_dtype)
-  if exp.ema is None:
-    return train_step
-
-  def step(state, batch):
-    state, metrics = train_step(state, batch)
-    if state.ema is not None:  # None in a state built without it
-      state = ema_lib.update(state, exp.ema)
-    return state, metrics
-
-  return step
-
-
-def _eval_step(exp: Experiment):
-  return step_lib.make_eval_step(exp.model)
-
-
-def make_jitted_steps(exp: Experiment, state: TrainState, shardings: Any):
-  """The run's jitted functions, built but not yet compiled.
-
-  Args:
-    exp: from `build`.
-    state: a TrainState (arrays or `jax.ShapeDtypeStruct`s with shardings).
-    shardings: the TrainState's NamedShardings (from `create_train_state`).
-
-  Returns:
-    (train_fn, eval_fn, init_sums): `train_fn(state, sums, batch) -> (state, sums)`
-    donates state and sums (with a distillation teacher, `train_fn(state, sums,
-    batch, teacher_variables)`); `eval_fn(state, batch) -> metric sums`;
-    `init_sums()` gives the zeroed metric sums. Call or `.lower()` them under
-    `sharding.activate(exp.mesh, config.sharding.rules)`. A new batch or image
-    size (a stage of `train.stages`) compiles `train_fn` once more.
-  """
-  def train_and_sum(state, total, batch, *teacher):
-    state, m = _train_step(exp, *teacher)(state, batch)
-    return state, step_lib.accumulate(total, m)
-
-  replicated = sharding.replicated(exp.mesh)
-  batch_sh = mesh_lib.batch_sharding(exp.mesh)
-  teacher = (exp.teacher.variables,) if exp.teacher is not None else ()
-  teacher_sh = (exp.teacher.shardings,) if exp.teacher is not None else ()
-  train_fn = jax.jit(train_and_sum, donate_argnums=(0, 1),
-                     in_shardings=(shardings, replicated, batch_sh, *teacher_sh),
-                     out_shardings=(shardings, replicated))
-  eval_fn = jax.jit(_eval_step(exp),
-                    in_shardings=(shardings, batch_sh), out_shardings=replicated)
-  batch = exp.config.train.batch_size
-  example = {"image": jax.ShapeDtypeStruct((batch, *exp.train_source.image_shape),
-                                           jnp.float32, sharding=batch_sh),
-             "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sh)}
-  shapes = jax.eval_shape(lambda s, b, *t: _train_step(exp, *t)(s, b), state, example,
-                          *teacher)[1]
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  init_sums = lambda: jax.device_put(step_lib.reset(zeros), replicated)  # noqa: E731
-  return train_fn, eval_fn, init_sums
-
-
-def block_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-  """A block of batches (steps, batch, ...): the batch axis over the data axes."""
-  return NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))
-
-
-def make_jitted_block(exp: Experiment, shardings: Any):
-  """`train.steps_per_dispatch` steps as one program (None when that is 1).
-
-  `block(state, sums, batches, n[, teacher_variables])` runs `lax.scan` over the
-  leading axis of `batches` (k stacked global batches) and applies the first `n` of
-  them; the rest are masked by `lax.cond`, so a short block runs the same compiled
-  code.
-  """
-  k = exp.config.train.steps_per_dispatch
-  if k == 1:
-    return None
-
-  def block(state, total, batches, n, *teacher):
-    train_step = _train_step(exp, *teacher)
-
-    def body(carry, xs):
-      i, batch = xs
-
-      def apply(c):
-        new_state, m = train_step(c[0], batch)
-        return new_state, step_lib.accumulate(c[1], m)
-
-      return jax.lax.cond(i < n, apply, lambda c: c, carry), None
-
-    (state, total), _ = jax.lax.scan(body, (state, total), (jnp.arange(k), batches))
-    return state, total
-
-  replicated = sharding.replicated(exp.mesh)
-  teacher_sh = (exp.teacher.shardings,) if exp.teacher is not None else ()
-  return jax.jit(block, donate_argnums=(0, 1),
-                 in_shardings=(shardings, replicated, block_sharding(exp.mesh),
-                               replicated, *teacher_sh),
-                 out_shardings=(shardings, replicated))
 
 
 def check_workdir(workdir: str) -> None:
@@ -380,26 +272,6 @@ def _truncate_log(workdir: str, step: int, keep_old: bool = False) -> str | None
   return None
 
 
-def initial_state(exp: Experiment) -> tuple[TrainState, Any]:
-  """A fresh TrainState in its shards (with the EMA when configured).
-
-  Args:
-    exp: from `build`.
-
-  Returns:
-    (state, shardings): the TrainState as sharded arrays, and its NamedShardings
-    (the second argument of `make_jitted_steps`).
-  """
-  rules = exp.config.sharding.rules
-  state, shardings = create_train_state(
-      exp.model, exp.tx, exp.train_source.image_shape, exp.config.seed, exp.mesh,
-      rules)
-  if exp.ema is not None:
-    shardings = ema_lib.shardings(shardings)
-    state = jax.jit(ema_lib.init, out_shardings=shardings)(state)
-  return state, shardings
-
-
 def _summarize(exp: Experiment, workdir: str, writer: metrics_lib.Writer,
                ckpt: checkpoint_lib.Checkpointer, best: Any,
                metrics: dict[str, float], seconds: float,
@@ -420,15 +292,74 @@ def _summarize(exp: Experiment, workdir: str, writer: metrics_lib.Writer,
     writer.message(line)
 
 
+@dataclasses.dataclass
+class _Services:
+  """What a run writes to and listens on: checkpoints (and the best one), the
+  metrics writer, the preemption watcher, and the host state they save."""
+  host: checkpoint_lib.HostState
+  ckpt: checkpoint_lib.Checkpointer
+  best: checkpoint_lib.BestCheckpointer | None
+  writer: metrics_lib.Writer
+  watcher: preemption.PreemptionWatcher
+  owned: bool  # the watcher is this run's (a library caller's), closed at the end
+
+  @classmethod
+  def open(cls, exp: Experiment, workdir: str, data_iter: Any) -> "_Services":
+    config = exp.config
+    tracker = early_stopping.Tracker.from_config(config.train.early_stopping)
+    best = None if tracker is None else checkpoint_lib.BestCheckpointer(
+        workdir, tracker.metric, tracker.mode, config.checkpoint.async_save)
+    host = checkpoint_lib.HostState(data_iter, tracker)
+    ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint.every,
+                                       config.checkpoint.keep,
+                                       config.checkpoint.async_save)
+    writer = metrics_lib.Writer(workdir, exp.total_steps)
+    # The CLI installs the watcher at start-up; a library caller gets one for this run.
+    owned = preemption.installed() is None
+    watcher = preemption.PreemptionWatcher() if owned else preemption.installed()
+    watcher.announce = jax.process_index() == 0
+    watcher.multiprocess = jax.process_count() > 1
+    return cls(host, ckpt, best, writer, watcher, owned)
+
+  def __enter__(self) -> "_Services":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    if self.owned:
+      self.watcher.close()
+    self.ckpt.close()
+    if self.best is not None:
+      self.best.close()
+    self.writer.close()
+
+  def loop(self, exp: Experiment, program: Program, workdir: str,
+           clock: console.CompileClock) -> loop_lib.Loop:
+    """The training loop driving `program` with these services."""
+    return loop_lib.Loop(exp, program.functions(), self.host, self.ckpt, self.writer,
+                         self.watcher, os.path.join(workdir, "profile"), self.best,
+                         clock)
+
+
+def _print_header(exp: Experiment, workdir: str, name: str) -> None:
+  if jax.process_index() == 0:
+    print("\n".join(console.header(exp, workdir, name)), flush=True)
+
+
+def _set_log_back(workdir: str, step: int, run: _Services) -> None:
+  """The metrics log from `step` on (a resumed run writes those lines again)."""
+  old_log = _truncate_log(workdir, step, keep_old=bool(run.ckpt.set_aside))
+  if old_log:
+    run.writer.message(f"The previous metrics.jsonl is kept as {old_log}")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: list[jax.Device] | None = None,
           stop_at: int | None = None, name: str = "",
           allow_config_change: Sequence[str] = ()) -> TrainResult:
   """Trains (or resumes) the experiment in `workdir`.
 
-  Process 0 prints a header (experiment, devices and mesh, parameters, workdir)
-  before anything compiles, progress lines, and a summary at the end (final and
-  best metrics, the checkpoint, how to open TensorBoard).
+  Process 0 prints a header before anything compiles, progress lines, and a summary
+  at the end (final and best metrics, the checkpoint, how to open TensorBoard).
 
   Args:
     config: the experiment config (validated here).
@@ -437,74 +368,35 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     stop_at: stop after this step with a checkpoint, as a preempted run would.
     name: what the header calls the experiment (the CLI: the --config file).
     allow_config_change: fields (or sections) that may differ from the config
-      saved in the checkpoint being resumed; any other change of a field that
-      changes the result is refused (`jaxtrain.resume_config`).
+      saved in the checkpoint being resumed (`jaxtrain.resume_config`).
 
   Returns:
     The final state and metrics; with `train.early_stopping` (and `restore_best`)
-    the best checkpoint's state and eval metrics, `early_stopping/best_step` saying
-    which step it is.
+    the best checkpoint's state and eval metrics (`early_stopping/best_step`).
   """
   start = time.perf_counter()
-  exp = build(config, devices)
+  exp = build(config, devices)  # settings -> mesh, model, optimizer, data sources
   check_workdir(workdir)
   with lease_lib.held(workdir):  # one run per workdir; exits 2 naming the holder
     # Before the header: a refused resume is the run's only output.
     resume = resume_config.check_workdir(exp, workdir, allow_config_change)
-    if jax.process_index() == 0:
-      print("\n".join(console.header(exp, workdir, name)), flush=True)
+    _print_header(exp, workdir, name)
     clock = console.CompileClock()
     try:
-      return _train_held(exp, workdir, stop_at, clock, start, resume)
+      program = compile_program(exp)  # state in its shards, jitted steps, teacher
+      data_iter = pipeline.train_iterator(exp.train_source, exp.config.train.batch_size,
+                                          exp.config.seed, plan=exp.plan)
+      with _Services.open(exp, workdir, data_iter) as run:
+        with sharding.activate(exp.mesh, exp.config.sharding.rules):
+          state, sums = _restore(exp, run.ckpt, program.state, program.init_sums(),
+                                 run.host, run.writer, resume)
+          _set_log_back(workdir, int(state.step), run)
+          loop = run.loop(exp, program, workdir, clock)
+          state, metrics = loop.run(state, sums, stop_at)
+        run.ckpt.wait()  # the last save is complete (or its failure reported)
+        if loop.finished:
+          _summarize(exp, workdir, run.writer, run.ckpt, run.best, metrics,
+                     time.perf_counter() - start, clock.seconds)
+        return TrainResult(state, metrics)
     finally:
       clock.close()
-
-
-def _train_held(exp: Experiment, workdir: str, stop_at: int | None,
-                clock: console.CompileClock, start: float,
-                resume: resume_config.Resume | None) -> TrainResult:
-  """`train`, once the workdir is checked and this run holds its lease."""
-  config = exp.config
-  rules = config.sharding.rules
-  state, shardings = initial_state(exp)
-  teacher = () if exp.teacher is None else (teacher_lib.restore(exp.teacher).variables,)
-  data_iter = pipeline.train_iterator(exp.train_source, config.train.batch_size,
-                                      config.seed, plan=exp.plan)
-  tracker = early_stopping.Tracker.from_config(config.train.early_stopping)
-  best = None if tracker is None else checkpoint_lib.BestCheckpointer(
-      workdir, tracker.metric, tracker.mode, config.checkpoint.async_save)
-  host = checkpoint_lib.HostState(data_iter, tracker)
-  ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint.every,
-                                     config.checkpoint.keep,
-                                     config.checkpoint.async_save)
-  writer = metrics_lib.Writer(workdir, exp.total_steps)
-  # The CLI installs the watcher at start-up; a library caller gets one for this run.
-  owned = preemption.installed() is None
-  watcher = preemption.PreemptionWatcher() if owned else preemption.installed()
-  watcher.announce = jax.process_index() == 0
-  watcher.multiprocess = jax.process_count() > 1
-  try:
-    with sharding.activate(exp.mesh, rules):
-      train_fn, eval_fn, init_sums = make_jitted_steps(exp, state, shardings)
-      state, sums = _restore(exp, ckpt, state, init_sums(), host, writer, resume)
-      old_log = _truncate_log(workdir, int(state.step), keep_old=bool(ckpt.set_aside))
-      if old_log:
-        writer.message(f"The previous metrics.jsonl is kept as {old_log}")
-      fns = loop_lib.Functions(
-          train_fn, make_jitted_block(exp, shardings), eval_fn,
-          mesh_lib.batch_sharding(exp.mesh), block_sharding(exp.mesh), teacher)
-      loop = loop_lib.Loop(exp, fns, host, ckpt, writer, watcher,
-                           os.path.join(workdir, "profile"), best, clock)
-      state, metrics = loop.run(state, sums, stop_at)
-    ckpt.wait()  # the last save is complete (or its failure reported) on return
-    if loop.finished:
-      _summarize(exp, workdir, writer, ckpt, best, metrics,
-                 time.perf_counter() - start, clock.seconds)
-    return TrainResult(state, metrics)
-  finally:
-    if owned:
-      watcher.close()
-    ckpt.close()
-    if best is not None:
-      best.close()
-    writer.close()

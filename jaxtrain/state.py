@@ -146,7 +146,13 @@ def create_train_state(model: Any, tx: Any, input_shape: tuple[int, ...], seed: 
     (state, shardings): the state and a TrainState-shaped tree of NamedShardings.
   """
   _, shardings = abstract_train_state(model, tx, input_shape, seed, mesh, rules)
+  return materialize(model, tx, input_shape, seed, mesh, rules, shardings), shardings
+
+
+def materialize(model: Any, tx: Any, input_shape: tuple[int, ...], seed: int,
+                mesh: Any, rules: Any, shardings: Any) -> TrainState:
+  """The fresh state `abstract_train_state` describes, written in its shards by one
+  jitted init (`shardings` from `abstract_train_state`, so it is traced once)."""
   _, init_state = _state_init(model, tx, input_shape, seed)
   with sharding.activate(mesh, rules):
-    state = jax.jit(init_state, out_shardings=shardings)()
-  return state, shardings
+    return jax.jit(init_state, out_shardings=shardings)()
