@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from jaxtrain import validated
 from jaxtrain.checks import check_choice, check_int, check_keys, keys_of, unknown
 from jaxtrain.errors import ConfigError
 
@@ -314,7 +315,7 @@ def validate(config: ml_collections.ConfigDict,
     given: dotted fields set on the command line (``"train.num_steps"``).
 
   Returns:
-    `config`, unchanged.
+    `config`, unchanged (marked as validated: `jaxtrain.validated`).
 
   Raises:
     ConfigError: for the first bad field, naming it, its value and the fix.
@@ -353,6 +354,7 @@ def validate(config: ml_collections.ConfigDict,
   from jaxtrain import losses  # pylint: disable=g-import-not-at-top
   losses.check_config(config)
   _check_unread_model_options(config, given)
+  validated.mark(config)  # runner.build and get_source do not check it again
   return config
 
 

@@ -36,6 +36,7 @@ from jaxtrain import preemption
 from jaxtrain import resume_config
 from jaxtrain import run_checks
 from jaxtrain import teacher as teacher_lib
+from jaxtrain import validated
 from jaxtrain.loop import TrainingHalted  # noqa: F401  (public: runner.TrainingHalted)
 from jaxtrain.program import (  # noqa: F401  (public: runner.make_jitted_steps, ...)
     Program, block_sharding, compile_program, initial_state, make_jitted_block,
@@ -74,7 +75,8 @@ class Experiment:
 
 def build(config: ml_collections.ConfigDict,
           devices: list[jax.Device] | None = None) -> Experiment:
-  """Validates `config` and builds everything that needs no compilation.
+  """Validates `config` (unless already validated) and builds everything that
+  needs no compilation.
 
   Args:
     config: the experiment config.
@@ -88,7 +90,8 @@ def build(config: ml_collections.ConfigDict,
     ConfigError: a bad field, a batch the mesh does not divide, a model that
       cannot take the data's image size, ...
   """
-  config_lib.validate(config)
+  if not validated.is_marked(config):  # a library call; the CLI validated it
+    config_lib.validate(config)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   mesh_lib.check_batch("train.batch_size", config.train.batch_size, mesh)
   eval_batch = config.train.eval_batch_size or config.train.batch_size

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain.data import tfds_source, transforms
+from jaxtrain import validated
 from jaxtrain.checks import is_int
 from jaxtrain.errors import ConfigError
 
@@ -115,6 +116,7 @@ def validate(data: ml_collections.ConfigDict) -> None:
                       f"such image as float32 needs {need / 2**30:.1f} GiB, more "
                       f"than this host's {memory / 2**30:.1f} GiB; use (height, "
                       "width, channels) of a real dataset, e.g. (224, 224, 3)")
+  validated.mark(data)  # get_source does not check it again
 
 
 def host_memory_bytes() -> int:
@@ -281,8 +283,10 @@ register_arrays("digits", _digits_arrays)
 
 
 def get_source(data: ml_collections.ConfigDict, split: str) -> Source:
-  """The split `split` of the dataset described by `config.data`, checked."""
-  validate(data)
+  """The split `split` of the dataset described by `config.data`, checked
+  (unless `validate` already passed it unchanged)."""
+  if not validated.is_marked(data):
+    validate(data)
   train = transforms.parse(data.train_transforms, "data.train_transforms")
   evals = transforms.parse(data.eval_transforms, "data.eval_transforms",
                            allow_batch_ops=False)
