@@ -71,17 +71,47 @@ class _NoClock:
   seconds = 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  """The validated fields the loop acts on (``train.*`` and ``checkpoint.every``)."""
+  batch_size: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  steps_per_dispatch: int
+  profile_steps: tuple[int, int]
+  on_nonfinite: str
+  max_consecutive_skips: int
+  restore_best: bool
+
+  @classmethod
+  def from_config(cls, config: Any) -> LoopSettings:
+    """Reads a validated config (`jaxtrain.config.validate`)."""
+    t = config.train
+    start, stop = t.profile_steps
+    return cls(batch_size=t.batch_size, log_every=t.log_every,
+               eval_every=t.eval_every, checkpoint_every=config.checkpoint.every,
+               steps_per_dispatch=t.steps_per_dispatch, profile_steps=(start, stop),
+               on_nonfinite=t.on_nonfinite,
+               max_consecutive_skips=t.max_consecutive_skips,
+               restore_best=bool(t.early_stopping.restore_best))
+
+
 class Loop:
   """Runs one experiment from its current step to the end (or a stop).
 
   `host` is the data iterator, or a `checkpoint.HostState` holding it and the
   early-stopping tracker (saved together in every checkpoint); `best` the
-  `checkpoint.BestCheckpointer` when a metric is monitored.
+  `checkpoint.BestCheckpointer` when a metric is monitored; `settings` the
+  fields it acts on (default: read from ``exp.config``).
   """
 
   def __init__(self, exp, fns: Functions, host, ckpt, writer, watcher,
-               profile_dir: str, best=None, clock=None):
-    self.exp, self.cfg, self.fns = exp, exp.config, fns
+               profile_dir: str, best=None, clock=None,
+               settings: LoopSettings | None = None):
+    self.exp, self.fns = exp, fns
+    # Typed once here (or by the caller), not re-read from the raw config per step.
+    self.settings = settings or LoopSettings.from_config(exp.config)
     self.host = host
     self.data_iter = getattr(host, "data_iter", host)
     self.tracker = getattr(host, "tracker", None)
@@ -137,10 +167,10 @@ class Loop:
         self._next_stop = (step + self._block_length(step, end)
                            if step < end and not stopping else step)
       values = {}
-      if step % self.cfg.train.log_every == 0 or step == total:
+      if step % self.settings.log_every == 0 or step == total:
         values = self._train_values(sums, step, last)
         sums, last = step_lib.reset(sums), step
-      if self._every(step, self.cfg.train.eval_every) or step == total:
+      if self._every(step, self.settings.eval_every) or step == total:
         values.update(self.evaluate(state))
         early = self._track(step, state, values)
       if values:
@@ -150,7 +180,8 @@ class Loop:
         self._check_nonfinite(jax.device_get(sums), step)
         if self.best is not None:
           self.best.wait()  # a checkpoint never refers to a best still being written
-        self.ckpt.save(step, {"train": state, "metrics": sums}, self.host, self.cfg)
+        self.ckpt.save(step, {"train": state, "metrics": sums}, self.host,
+                       self.exp.config)
       if stopping:
         self.ckpt.wait()
         if jax.process_count() > 1:
@@ -184,7 +215,7 @@ class Loop:
     """The run's result: the best checkpoint's state and metrics, else the last."""
     t = self.tracker
     if (t is None or t.best_step is None
-        or not self.cfg.train.early_stopping.restore_best):
+        or not self.settings.restore_best):
       return state, values
     self.best.wait()
     target = checkpoint_lib.abstract_like({"train": state})
@@ -213,17 +244,16 @@ class Loop:
     return bool(period) and step % period == 0
 
   def _periods(self) -> list[int]:
-    c = self.cfg
-    return [p for p in (c.train.log_every, c.train.eval_every, c.checkpoint.every)
-            if p]
+    s = self.settings
+    return [p for p in (s.log_every, s.eval_every, s.checkpoint_every) if p]
 
   def _block_length(self, step: int, end: int) -> int:
     """Steps in the next dispatch: up to k, never past an event or the end."""
-    k = self.cfg.train.steps_per_dispatch
+    k = self.settings.steps_per_dispatch
     n = min(k, end - step)
     for period in self._periods():
       n = min(n, period - step % period)
-    start, stop = self.cfg.train.profile_steps
+    start, stop = self.settings.profile_steps
     marks = [m for m in (start, stop) if stop > start]
     marks += list(self.exp.plan.boundaries) if self.exp.plan else []
     for mark in marks:
@@ -291,7 +321,7 @@ class Loop:
     if self.fns.train_block is None:
       batch = pipeline.to_global(self._next_local(), self.fns.batch_sharding)
       return self.fns.train_step(state, sums, batch, *extra)
-    k = self.cfg.train.steps_per_dispatch
+    k = self.settings.steps_per_dispatch
     local = [self._next_local() for _ in range(n)]
     local += [local[-1]] * (k - n)  # masked out inside the block
     block = {key: np.stack([b[key] for b in local]) for key in local[0]}
@@ -301,7 +331,7 @@ class Loop:
 
   def _profile(self, step: int, final: bool = False) -> None:
     """Starts/stops a JAX profiler trace for steps [start, stop) of the run."""
-    start, stop = self.cfg.train.profile_steps
+    start, stop = self.settings.profile_steps
     if stop <= start or jax.process_index() != 0:
       return
     if step == start and not final and not self._tracing:
@@ -332,7 +362,7 @@ class Loop:
     values["train/steps_per_sec"] = rate
     plan = self.exp.plan
     rows = ((plan.rows_before(step) - plan.rows_before(last)) if plan
-            else (step - last) * self.cfg.train.batch_size)
+            else (step - last) * self.settings.batch_size)
     values["train/examples_per_sec"] = rows / elapsed
     values["train/data_wait_fraction"] = min(self.data_wait / elapsed, 1.0)
     return values
@@ -364,11 +394,11 @@ class Loop:
       return None
     where = (f"non-finite gradients in {', '.join(leaves[:8])}" if leaves
              else "a non-finite loss")
-    if self.cfg.train.on_nonfinite == "halt":
+    if self.settings.on_nonfinite == "halt":
       return (f"step {bad_step + 1} had {where}; its update was dropped and no "
               "checkpoint holds it. Lower optimizer.learning_rate or add "
               "optimizer.grad_clip_norm, or set train.on_nonfinite=skip")
-    limit = self.cfg.train.max_consecutive_skips
+    limit = self.settings.max_consecutive_skips
     if skip_run >= limit:  # the run goes on at `step`: it reached the limit here
       first = step - skip_run + 1
       last = first + limit - 1
