@@ -38,13 +38,12 @@ import numpy as np
 from etils import epath
 
 from jaxtrain import optim, runner, step as step_lib
-from jaxtrain import teacher as teacher_lib
+from jaxtrain import program as program_lib
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
 from jaxtrain.optim import schedule_config
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
-from jaxtrain.state import create_train_state
 from jaxtrain.study import grid, plots
 
 
@@ -129,17 +128,16 @@ def run_range_test(config: ml_collections.ConfigDict, smoothing: float = 0.98,
   check_smoothing(smoothing, divergence_factor)
   exp = runner.build(config, devices)
   rules = config.sharding.rules
-  state, shardings = create_train_state(exp.model, exp.tx, exp.train_source.image_shape,
-                                        config.seed, exp.mesh, rules)
+  # No weight-average copy: the test reads only the loss. Distillation: the loss
+  # needs the teacher's logits, so its variables come along (`teacher_args`).
+  program = program_lib.compile_program(dataclasses.replace(exp, ema=None))
+  state, teacher = program.state, program.teacher_args
   batch_sh = mesh_lib.batch_sharding(exp.mesh)
-  # Distillation: the loss needs the teacher's logits, so its variables come along.
-  teacher = () if exp.teacher is None else (teacher_lib.restore(exp.teacher).variables,)
   it = pipeline.train_iterator(exp.train_source, config.train.batch_size, config.seed)
   lrs, losses, smoothed, diverged, avg = [], [], [], False, 0.0
   try:
     with sharding.activate(exp.mesh, rules):
-      train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
-      sums = init_sums()
+      train_fn, sums = program.train_fn, program.init_sums()
       for k in range(exp.total_steps):
         state, sums = train_fn(state, sums, pipeline.to_global(next(it), batch_sh),
                                *teacher)

@@ -19,6 +19,7 @@ convolutions and matmuls run at full width.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Sequence
 
@@ -33,14 +34,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxtrain import losses
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import optim, runner, step as step_lib
-from jaxtrain import teacher as teacher_lib
+from jaxtrain import program as program_lib
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
 from jaxtrain.optim import defaults as optim_defaults
 from jaxtrain.optim import masks
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
-from jaxtrain.state import TrainState, create_train_state
+from jaxtrain.state import TrainState
 
 VECTOR_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars")
 VECTOR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "warmup_linear",
@@ -256,14 +257,10 @@ class GroupProgram:
   def _build_single(self) -> None:
     """The runner's own step (with a distillation teacher); no EMA copy."""
     exp = self.exp
-    self.states, shardings = create_train_state(
-        exp.model, exp.tx, exp.train_source.image_shape, self.configs[0].seed,
-        exp.mesh, self.rules)
-    train_fn, eval_fn, self._init_sums = runner.make_jitted_steps(
-        exp, self.states, shardings)
-    teacher = ()
-    if exp.teacher is not None:
-      teacher = (teacher_lib.restore(exp.teacher).variables,)
+    # exp was built from configs[0], so its seed is the trial's.
+    program = program_lib.compile_program(dataclasses.replace(exp, ema=None))
+    self.states, self._init_sums = program.state, program.init_sums
+    train_fn, eval_fn, teacher = program.train_fn, program.eval_fn, program.teacher_args
     self._train = lambda state, sums, batch: train_fn(state, sums, batch, *teacher)
     self._eval = eval_fn
     self._stacked = False
