@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxtrain import config as config_lib, precision, runner
+from jaxtrain.program import compile_program
 from jaxtrain.data import pipeline
 from jaxtrain.parallel import mesh as mesh_lib, sharding
 
@@ -36,7 +37,8 @@ def test_step_has_no_float64_and_no_implicit_transfers(overrides):
   config_lib.apply_overrides(config, ["precision.compute_dtype=bfloat16",
                                       *overrides])
   exp = runner.build(config)
-  state, shardings = runner.initial_state(exp)
+  program = compile_program(exp)
+  state = program.state
   it = pipeline.train_iterator(exp.train_source, config.train.batch_size,
                                config.seed, plan=exp.plan)
   host = next(it)
@@ -44,8 +46,7 @@ def test_step_has_no_float64_and_no_implicit_transfers(overrides):
       "image": np.float32, "label": np.int32, "index": np.int32}
   batch = pipeline.to_global(host, mesh_lib.batch_sharding(exp.mesh))
   with sharding.activate(exp.mesh, config.sharding.rules):
-    train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
-    sums = init_sums()
+    train_fn, sums = program.train_fn, program.init_sums()
     hlo = train_fn.lower(state, sums, batch).as_text()
     assert not re.search(r"f64|complex", hlo)
     assert "bf16" in hlo  # the matmuls/convolutions really run in bfloat16

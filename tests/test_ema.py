@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxtrain import ema, runner
+from jaxtrain.program import compile_program
 from jaxtrain.config import base_config
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
@@ -39,12 +40,12 @@ def _trajectory(decay, warmup_power):
   c.train.ema_decay = decay
   c.train.ema_warmup_power = warmup_power
   exp = runner.build(c, jax.devices()[:1])
-  state, shardings = runner.initial_state(exp)
+  program = compile_program(exp)
+  state = program.state
   batches = pipeline.train_iterator(exp.train_source, 16, c.seed)
   weights = [jax.device_get((state.params, state.model_state))]
   with sharding.activate(exp.mesh, c.sharding.rules):
-    train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
-    sums = init_sums()
+    train_fn, sums = program.train_fn, program.init_sums()
     for _ in range(STEPS):
       batch = pipeline.to_global(next(batches), mesh_lib.batch_sharding(exp.mesh))
       state, sums = train_fn(state, sums, batch)

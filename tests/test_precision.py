@@ -23,7 +23,7 @@ from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import collectives as coll
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
-from jaxtrain.state import abstract_train_state, create_train_state
+from jaxtrain.program import compile_program
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "experiments",
                           "digits_cnn.py")
@@ -67,13 +67,13 @@ def _one_bf16_step(model_kwargs):
   exp = runner.build(c)
   rules = c.sharding.rules
   shape = exp.train_source.image_shape
-  state, shardings = create_train_state(exp.model, exp.tx, shape, c.seed, exp.mesh,
-                                        rules)
+  program = compile_program(exp)
+  state = program.state
   batch = {"image": jnp.ones((16, *shape), jnp.float32),
            "label": jnp.arange(16, dtype=jnp.int32) % 10}
   batch = jax.device_put(batch, mesh_lib.batch_sharding(exp.mesh))
   with sharding.activate(exp.mesh, rules):
-    train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
+    train_fn, init_sums = program.train_fn, program.init_sums
     hlo = train_fn.lower(state, init_sums(), batch).as_text()
     new_state, sums = train_fn(state, init_sums(), batch)
   variables = {"params": new_state.params, **new_state.model_state}
@@ -222,16 +222,12 @@ def _partitioned_train_step(model_kwargs) -> str:
   c.precision.compute_dtype = "bfloat16"
   c.train.batch_size = 16
   exp = runner.build(c)
-  shape, rules = exp.train_source.image_shape, c.sharding.rules
-  state, shardings = abstract_train_state(exp.model, exp.tx, shape, c.seed, exp.mesh,
-                                          rules)
-  batch_sharding = mesh_lib.batch_sharding(exp.mesh)
-  batch = {"image": jax.ShapeDtypeStruct((16, *shape), jnp.float32,
-                                         sharding=batch_sharding),
-           "label": jax.ShapeDtypeStruct((16,), jnp.int32, sharding=batch_sharding)}
-  train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
+  rules = c.sharding.rules
+  program = compile_program(exp, abstract=True)  # a 16-row image/label batch
   with sharding.activate(exp.mesh, rules):
-    lowered = train_fn.lower(state, jax.eval_shape(init_sums), batch)
+    lowered = program.train_fn.lower(program.abstract_state,
+                                     jax.eval_shape(program.init_sums),
+                                     program.example_batch)
   return coll.partitioned_hlo(lowered)
 
 

@@ -1,8 +1,8 @@
 """Collectives of compiled train steps, read from the HLO text.
 
 Parser tests use hand-written HLO lines with bytes computed by hand. The step tests
-compile the runner's real train step (`runner.build`, `create_train_state`,
-`runner.make_jitted_steps`, `.lower(...).compile().as_text()` under the rules) on the
+compile the runner's real train step (`runner.build`, `program.compile_program`,
+its `train_fn.lower(...).compile().as_text()` under the rules) on the
 8 simulated CPU devices and compare the traffic with sizes computed independently
 from the parameter shapes of `model.init`.
 
@@ -38,9 +38,8 @@ from flax import linen as nn
 from jaxtrain import runner
 from jaxtrain.config import base_config
 from jaxtrain.parallel import collectives as coll
-from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
-from jaxtrain.state import create_train_state
+from jaxtrain.program import compile_program
 
 # --- the parser -------------------------------------------------------------------
 
@@ -123,17 +122,12 @@ def _compile(model_kwargs, mesh_shape, rules, devices=None):
   c.mesh.data, c.mesh.fsdp, c.mesh.model = mesh_shape
   c.sharding.rules = rules
   exp = runner.build(c, devices)
-  state, shardings = create_train_state(exp.model, exp.tx, IMAGE, c.seed, exp.mesh,
-                                        rules)
-  batch_sharding = mesh_lib.batch_sharding(exp.mesh)
-  batch = {"image": jax.ShapeDtypeStruct((BATCH, *IMAGE), jnp.float32,
-                                         sharding=batch_sharding),
-           "label": jax.ShapeDtypeStruct((BATCH,), jnp.int32,
-                                         sharding=batch_sharding)}
+  assert exp.train_source.image_shape == IMAGE
+  program = compile_program(exp)  # its example batch: BATCH images and labels
+  state = program.state
   with sharding.activate(exp.mesh, rules):
-    train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
-    sums = init_sums()
-    compiled = train_fn.lower(state, sums, batch).compile()
+    sums = program.init_sums()
+    compiled = program.train_fn.lower(state, sums, program.example_batch).compile()
   return exp, compiled, state, sums
 
 

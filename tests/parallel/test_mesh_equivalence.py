@@ -96,19 +96,19 @@ def _train_losses(model: str, mesh: str) -> dict:
   from jaxtrain import runner
   from jaxtrain.data import pipeline
   from jaxtrain.parallel import mesh as mesh_lib, sharding
-  from jaxtrain.state import create_train_state
+  from jaxtrain.program import compile_program
   config = _config(model, mesh)
   rules = config.sharding.rules
   one = MESHES[mesh][0] == (1, 1, 1)
   exp = runner.build(config, jax.devices()[:1] if one else jax.devices())
-  state, shardings = create_train_state(exp.model, exp.tx, exp.train_source.image_shape,
-                                        config.seed, exp.mesh, rules)
+  program = compile_program(exp)
+  state = program.state
   batches = pipeline.train_iterator(exp.train_source, config.train.batch_size,
                                     config.seed)
   batch_sharding = mesh_lib.batch_sharding(exp.mesh)
   losses = []
   with sharding.activate(exp.mesh, rules):
-    train_fn, _, init_sums = runner.make_jitted_steps(exp, state, shardings)
+    train_fn, init_sums = program.train_fn, program.init_sums
     for _ in range(NUM_STEPS):
       batch = pipeline.to_global(next(batches), batch_sharding)
       state, sums = train_fn(state, init_sums(), batch)
