@@ -41,7 +41,7 @@ from jaxtrain.optim import defaults as optim_defaults
 from jaxtrain.optim import masks
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
-from jaxtrain.state import TrainState
+from jaxtrain.state import TrainState, abstract_train_state
 
 VECTOR_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars")
 VECTOR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "warmup_linear",
@@ -219,18 +219,9 @@ def _eval_of_variables(model: nn.Module) -> Any:
 
 
 def _stacked_shardings(model, tx, input_shape, mesh, rules) -> Any:
-  """The TrainState's shardings (as `create_train_state`'s) with a trial axis first."""
-  dummy = jnp.zeros((1, *input_shape), jnp.float32)
-  key = jax.random.PRNGKey(0)
-  abstract = jax.eval_shape(lambda: model.init({"params": key, "dropout": key}, dummy,
-                                               train=False))
-  var_specs = dict(sharding.logical_specs(abstract))
-  param_specs = var_specs.pop("params")
-  abstract_opt = jax.eval_shape(
-      lambda: tx.init(nn.meta.unbox(model.init(key, dummy, train=False))["params"]))
-  specs = TrainState(step=P(), params=param_specs, model_state=var_specs, rng=P(),
-                     opt_state=sharding.opt_state_specs(tx, abstract_opt, param_specs))
-  single = sharding.to_shardings(specs, mesh, rules)
+  """The TrainState's shardings (`state.abstract_train_state`'s) with a trial axis
+  first."""
+  _, single = abstract_train_state(model, tx, input_shape, 0, mesh, rules)
   return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), single)
 
 
