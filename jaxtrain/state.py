@@ -37,7 +37,8 @@ class TrainState:
 
 
 def _state_init(model: Any, tx: Any, input_shape: tuple[int, ...], seed: int):
-  """(init_variables, init_state): the functions that build a fresh state."""
+  """(init_variables, init_state): the functions that build a fresh state (with
+  `tx` None, one without optimizer state: the vectorized sweep adds its own)."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
   dummy = jnp.zeros((1, *input_shape), jnp.float32)
 
@@ -48,7 +49,8 @@ def _state_init(model: Any, tx: Any, input_shape: tuple[int, ...], seed: int):
     variables = dict(nn.meta.unbox(init_variables()))
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      model_state=variables, opt_state=tx.init(params), rng=state_rng)
+                      model_state=variables,
+                      opt_state=None if tx is None else tx.init(params), rng=state_rng)
 
   return init_variables, init_state
 

@@ -41,6 +41,7 @@ from jaxtrain.optim import defaults as optim_defaults
 from jaxtrain.optim import masks
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
+from jaxtrain import state as state_lib
 from jaxtrain.state import TrainState, abstract_train_state
 
 VECTOR_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars")
@@ -176,13 +177,12 @@ def trial_hparams(configs: Sequence[ml_collections.ConfigDict]) -> dict[str, Any
 
 def _init_variables(model: nn.Module, input_shape: tuple[int, ...],
                     seed: jax.Array) -> tuple[Any, Any, jax.Array]:
-  """(params, model_state, rng) of one trial, drawn as `create_train_state` does."""
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
-  dummy = jnp.zeros((1, *input_shape), jnp.float32)
-  variables = dict(nn.meta.unbox(model.init({"params": init_rng, "dropout": init_rng},
-                                            dummy, train=False)))
-  params = variables.pop("params")
-  return params, variables, state_rng
+  """(params, model_state, rng) of one trial, drawn as `create_train_state` does
+  (its own init, `state._state_init`)."""
+  # pylint: disable-next=protected-access
+  _, init_state = state_lib._state_init(model, None, input_shape, seed)
+  state = init_state()
+  return state.params, state.model_state, state.rng
 
 
 def _init_optimizer(tx: optax.GradientTransformation, params: Any,
