@@ -10,7 +10,7 @@ which reproduces `jaxtrain.optim.schedule_config.schedule_from_config`). Each tr
 keeps its own seed: its own initialization, dropout and data order, so trial i of a
 group trains exactly as `jaxtrain train` would with its config.
 
-A group of one trial runs the runner's own program (`runner.make_jitted_steps`).
+A group of one trial runs the runner's own program (`program.compile_program`).
 
 Cost note: on XLA:CPU, convolutions whose inputs and weights both carry the trial
 axis lower to grouped convolutions, much slower per FLOP than plain ones; on CPU
