@@ -5,8 +5,10 @@ timeout, and without its C++ stack trace) and the last complete checkpoint stays
 When the killed process is process 0, the coordination service dies with it and
 JAX's client in the survivor sees its connection close at the same moment as
 jaxtrain's watcher: it may log its own error lines (or, rarely, abort the process)
-before jaxtrain's line ends it. That case is held to: a non-zero exit, jaxtrain's
-line last when it got there first, and the checkpoint kept."""
+before jaxtrain's line ends it, and its C++ threads (the preemption-notice poller)
+may still log after that line, up to the exit. That case is held to: a non-zero
+exit, jaxtrain's line the last jaxtrain says when it got there first, and the
+checkpoint kept."""
 import os
 import subprocess
 import sys
@@ -58,7 +60,8 @@ def test_a_peer_killed_mid_save_is_named_and_the_last_checkpoint_kept(tmp_path,
   else:
     assert procs[survivor].returncode != 0, out + err
     if procs[survivor].returncode == 1:
-      assert lines[-1] == line, err
+      ours = [l for l in lines if l.startswith("jaxtrain:")]
+      assert ours[-1] == line, err
   # Step 12 was cut short: never committed, nothing else removed.
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12.orbax-checkpoint-tmp",
                                                           "6"]
