@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import ml_collections
