@@ -41,6 +41,7 @@ from jaxtrain.loop import TrainingHalted  # noqa: F401  (public: runner.Training
 from jaxtrain.program import (  # noqa: F401  (public: runner.make_jitted_steps, ...)
     Program, block_sharding, compile_program, initial_state, make_jitted_block,
     make_jitted_steps)
+from jaxtrain import state as state_lib
 from jaxtrain.state import TrainState
 
 
@@ -93,11 +94,10 @@ def build(config: ml_collections.ConfigDict,
   if not validated.is_marked(config):  # a library call; the CLI validated it
     config_lib.validate(config)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
-  mesh_lib.check_batch("train.batch_size", config.train.batch_size, mesh)
+  plan = _batch_plan(config, mesh)  # checks every stage's batch (or train.batch_size)
   eval_batch = config.train.eval_batch_size or config.train.batch_size
   mesh_lib.check_batch("train.eval_batch_size", eval_batch, mesh)
   _check_bn_groups(config, mesh)
-  plan = _batch_plan(config, mesh)
   train_source = sources.get_source(config.data, config.data.train_split)
   eval_source = sources.get_source(config.data, config.data.eval_split)
   total = total_steps(config, plan, len(train_source))
@@ -152,14 +152,10 @@ def eval_metric_names(exp: Experiment) -> list[str]:
            "label": jax.ShapeDtypeStruct(shape[:1], jnp.int32),
            "mask": jax.ShapeDtypeStruct(shape[:1], jnp.float32)}
 
-  def names(batch):
-    variables = dict(nn.meta.unbox(exp.model.init(
-        jax.random.key(c.seed), jnp.zeros((1, *exp.train_source.image_shape)),
-        train=False)))
-    params = variables.pop("params")
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       model_state=variables, opt_state=None, rng=None)
-    return step_lib.make_eval_step(exp.model)(state, batch)
+  def names(batch):  # traced: the init's key split must not run eagerly (it would compile)
+    _, init_state = state_lib.init_functions(exp.model, None,
+                                             exp.train_source.image_shape, c.seed)
+    return step_lib.make_eval_step(exp.model)(init_state(), batch)
 
   with sharding.activate(exp.mesh, c.sharding.rules):
     return [n for n in jax.eval_shape(names, batch) if n != "count"]

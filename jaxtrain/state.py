@@ -36,9 +36,15 @@ class TrainState:
   ema: Any = None
 
 
-def _state_init(model: Any, tx: Any, input_shape: tuple[int, ...], seed: int):
+def init_functions(model: Any, tx: Any, input_shape: tuple[int, ...], seed: int):
   """(init_variables, init_state): the functions that build a fresh state (with
-  `tx` None, one without optimizer state: the vectorized sweep adds its own)."""
+  `tx` None, one without optimizer state: the vectorized sweep adds its own, and
+  `runner.eval_metric_names` traces one without compiling anything).
+
+  Returns:
+    (init_variables, init_state): zero-argument functions returning the model's
+    variables and a fresh TrainState.
+  """
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
   dummy = jnp.zeros((1, *input_shape), jnp.float32)
 
@@ -70,7 +76,7 @@ def abstract_train_state(model: Any, tx: Any, input_shape: tuple[int, ...], seed
     ConfigError: a sharded dimension does not divide over its mesh axes (see
       `check_divisible`).
   """
-  init_variables, init_state = _state_init(model, tx, input_shape, seed)
+  init_variables, init_state = init_functions(model, tx, input_shape, seed)
   var_specs = dict(sharding.logical_specs(jax.eval_shape(init_variables)))
   param_specs = var_specs.pop("params")
   abstract = jax.eval_shape(init_state)
@@ -155,6 +161,6 @@ def materialize(model: Any, tx: Any, input_shape: tuple[int, ...], seed: int,
                 mesh: Any, rules: Any, shardings: Any) -> TrainState:
   """The fresh state `abstract_train_state` describes, written in its shards by one
   jitted init (`shardings` from `abstract_train_state`, so it is traced once)."""
-  _, init_state = _state_init(model, tx, input_shape, seed)
+  _, init_state = init_functions(model, tx, input_shape, seed)
   with sharding.activate(mesh, rules):
     return jax.jit(init_state, out_shardings=shardings)()

@@ -12,7 +12,7 @@ from jaxtrain.study import lr_find, vectorized
 from jaxtrain.config import base_config
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
-from jaxtrain.state import create_train_state
+from jaxtrain import program
 
 TEMPERATURE, BATCH = 3.0, 16
 
@@ -69,8 +69,7 @@ def _first_batch_kl(exp, teacher_params):
   run's first batch, teacher = the teacher run's final params, student = its
   initial params."""
   config = exp.config
-  student, _ = create_train_state(exp.model, exp.tx, exp.train_source.image_shape,
-                                  config.seed, exp.mesh, config.sharding.rules)
+  student, _ = program.initial_state(exp)
   batch = next(pipeline.train_iterator(exp.train_source, BATCH, config.seed))
   x = batch["image"].reshape(BATCH, -1).astype(np.float64)
   logp = _log_softmax(_mlp_logits(teacher_params, x) / TEMPERATURE)

@@ -178,9 +178,8 @@ def trial_hparams(configs: Sequence[ml_collections.ConfigDict]) -> dict[str, Any
 def _init_variables(model: nn.Module, input_shape: tuple[int, ...],
                     seed: jax.Array) -> tuple[Any, Any, jax.Array]:
   """(params, model_state, rng) of one trial, drawn as `create_train_state` does
-  (its own init, `state._state_init`)."""
-  # pylint: disable-next=protected-access
-  _, init_state = state_lib._state_init(model, None, input_shape, seed)
+  (its own init, `state.init_functions`)."""
+  _, init_state = state_lib.init_functions(model, None, input_shape, seed)
   state = init_state()
   return state.params, state.model_state, state.rng
 
