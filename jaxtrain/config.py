@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   Returns:
     A new ConfigDict: seed, model, loss, data, optimizer, train, mesh, sharding,
-    precision, checkpoint and distill sections.
+    precision, checkpoint, distill and logging sections.
   """
   # Plain-data modules: loading a config imports no JAX (`jaxtrain --help` and
   # config errors stay fast).
@@ -71,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
       async_save=True,
   ))
   c.distill = _distill_section()
+  from jaxtrain import writers  # pylint: disable=g-import-not-at-top
+  c.logging = writers.default_config()  # metrics.jsonl, TensorBoard, W&B, MLflow
   return c
 
 
@@ -323,7 +325,8 @@ def validate(config: ml_collections.ConfigDict,
   # Checks of plain values first: a bad one is reported before JAX is imported. The
   # model, loss and teacher checks read the models' and losses' signatures (JAX).
   base = base_config()
-  check_keys(config, base, "", skip={"model", "optimizer", "loss", "distill"})
+  check_keys(config, base, "", skip={"model", "optimizer", "loss", "distill",
+                                     "logging"})
   _check_train(config.train)
   _check_stages(config.train)
   _check_ema(config)
@@ -348,6 +351,8 @@ def validate(config: ml_collections.ConfigDict,
              skip={"schedule", "kwargs"})
   optim_defaults.check_schedule_values(config.optimizer.schedule)
   sources.validate(config.data)
+  from jaxtrain import writers  # pylint: disable=g-import-not-at-top
+  writers.validate(config.logging)
   _check_unread(config, base, given)  # plain values, before JAX is imported
   _check_model(config)
   _check_distill(config)

@@ -117,8 +117,9 @@ def tensorboard_line(workdir: str) -> str:
 
 def summary(step: int, total: int, seconds: float, compile_seconds: float,
             final: Mapping[str, float], best: tuple[str, int, float] | None,
-            checkpoint: str, workdir: str) -> list[str]:
-  """The lines printed when a run has finished."""
+            checkpoint: str, workdir: str, tensorboard: bool = True) -> list[str]:
+  """The lines printed when a run has finished (how to open TensorBoard, when
+  the run wrote TensorBoard files)."""
   wall = datetime.timedelta(seconds=round(seconds))
   shown = {k: v for k, v in final.items()
            if k.startswith(("eval/", "eval_ema/")) or k in ("train/loss",
@@ -130,5 +131,6 @@ def summary(step: int, total: int, seconds: float, compile_seconds: float,
   if best is not None:
     lines.append(f"  best {best[0]}: {best[2]:.4f} at step {best[1]}")
   lines.append(f"  checkpoint: {checkpoint} (to load it: {READ_ME})")
-  lines.append(tensorboard_line(workdir))
+  if tensorboard:
+    lines.append(tensorboard_line(workdir))
   return lines

@@ -120,11 +120,12 @@ class ObjectLog:
 
 
 class Writer:
-  """Writes to console, JSONL, TensorBoard and `trackers`; a no-op on processes
-  other than 0 (whose `trackers` the caller does not create)."""
+  """Writes to console, JSONL, TensorBoard (unless `tensorboard` is False) and
+  `trackers`; a no-op on processes other than 0 (whose `trackers` the caller does
+  not create)."""
 
   def __init__(self, workdir: str, total_steps: int, stream=None,
-               trackers: Sequence[Tracker] = ()):
+               trackers: Sequence[Tracker] = (), tensorboard: bool = True):
     self._active = jax.process_index() == 0
     self._total = total_steps
     self._stream = stream or sys.stdout
@@ -141,6 +142,8 @@ class Writer:
       self._jsonl = ObjectLog(root / "metrics.jsonl")
     else:
       self._jsonl = (root / "metrics.jsonl").open("a")
+    if not tensorboard:
+      return
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     # os.path.join keeps "gs://"; tensorboardX writes gs:// with google-cloud-storage.
     self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=10)
@@ -150,8 +153,9 @@ class Writer:
       return
     self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
     self._jsonl.flush()
-    for k, v in values.items():
-      self._tb.add_scalar(k, v, step)
+    if self._tb is not None:
+      for k, v in values.items():
+        self._tb.add_scalar(k, v, step)
     for tracker in self._trackers:
       tracker.write(step, values)
     self._console(step, values)
@@ -206,6 +210,8 @@ class Writer:
       return
     failing = sys.exc_info()[1] is not None  # called from a `finally`
     for f in (self._jsonl, self._tb, *self._trackers):
+      if f is None:  # no TensorBoard
+        continue
       try:
         f.close()
       except Exception as e:  # pylint: disable=broad-except  (OSError, GCS API errors)

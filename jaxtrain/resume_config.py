@@ -29,7 +29,7 @@ from jaxtrain.errors import ConfigError
 FREE = ("train.log_every", "train.eval_every", "train.eval_batch_size",
         "train.profile_steps", "train.steps_per_dispatch", "train.on_nonfinite",
         "train.max_consecutive_skips", "data.num_workers", "data.prefetch",
-        "data.data_dir", "mesh", "sharding", "checkpoint")
+        "data.data_dir", "mesh", "sharding", "checkpoint", "logging")
 # Changing these changes the learning rate the resumed steps use.
 _LR_FIELDS = ("optimizer", "train.num_steps", "train.num_epochs", "train.batch_size",
               "train.stages", "data.aug_repeats")

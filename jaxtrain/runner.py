@@ -37,6 +37,7 @@ from jaxtrain import resume_config
 from jaxtrain import run_checks
 from jaxtrain import teacher as teacher_lib
 from jaxtrain import validated
+from jaxtrain import writers
 from jaxtrain.loop import TrainingHalted  # noqa: F401  (public: runner.TrainingHalted)
 from jaxtrain.program import (  # noqa: F401  (public: runner.make_jitted_steps, ...)
     Program, block_sharding, compile_program, initial_state, make_jitted_block,
@@ -287,7 +288,8 @@ def _summarize(exp: Experiment, workdir: str, writer: metrics_lib.Writer,
     checkpoint = (f"{best.directory}/{int(best_step)} (the best; the last is "
                   f"{checkpoint})")
   for line in console.summary(step, exp.total_steps, seconds, compile_seconds,
-                              metrics, best_eval, checkpoint, workdir):
+                              metrics, best_eval, checkpoint, workdir,
+                              "tensorboard" in exp.config.logging.writers):
     writer.message(line)
 
 
@@ -312,7 +314,11 @@ class _Services:
     ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint.every,
                                        config.checkpoint.keep,
                                        config.checkpoint.async_save)
-    writer = metrics_lib.Writer(workdir, exp.total_steps)
+    writer = metrics_lib.Writer(
+        workdir, exp.total_steps, tensorboard="tensorboard" in config.logging.writers,
+        # Process 0 alone tracks; a resumed run continues its tracked runs.
+        trackers=(writers.make_trackers(config, workdir)
+                  if jax.process_index() == 0 else ()))
     # The CLI installs the watcher at start-up; a library caller gets one for this run.
     owned = preemption.installed() is None
     watcher = preemption.PreemptionWatcher() if owned else preemption.installed()

@@ -73,13 +73,14 @@ class WandbTracker:
 
   def __init__(self, workdir: str, config: Mapping[str, Any], project: str = "",
                entity: str = "", group: str = "", name: str = "",
-               tags: tuple[str, ...] = (), directory: str = ""):
+               tags: tuple[str, ...] = (), directory: str = "", mode: str = ""):
     wandb = _require("wandb", "wandb")
     run_id = _run_ids(workdir).get("wandb")  # None: W&B makes one
     self._run = wandb.init(
-        id=run_id, resume="allow" if run_id else None, project=project or None, entity=entity or None,
-        group=group or None, name=name or None, tags=list(tags) or None,
-        config=dict(config), dir=directory or None, reinit="create_new")
+        id=run_id, resume="allow" if run_id else None, project=project or None,
+        entity=entity or None, group=group or None, name=name or None,
+        tags=list(tags) or None, config=dict(config), dir=directory or None,
+        mode=mode or None, reinit="create_new")
     self._run.define_metric("step")
     self._run.define_metric("*", step_metric="step")
     _keep_run_id(workdir, "wandb", self._run.id)

@@ -9,7 +9,8 @@ a `ConfigError` naming the field, the field that turns it off, and both fixes. (
 silently ignored setting costs a researcher a run; a refused one costs a second.)
 
 Each owner declares its conditions as `Rule`s (this module: `train`, `data`,
-`distill`, `model`; `jaxtrain.optim.unread_fields`: the optimizer and its schedule,
+`distill`, `model`; `jaxtrain.writers`: the trackers' options;
+`jaxtrain.optim.unread_fields`: the optimizer and its schedule,
 and the mechanism: `check_rules` applies them, `reset_rules` puts unread fields back
 to their defaults where a tool, not the user, switched the condition, e.g. a sweep
 trial of another optimizer than the experiment's; `jaxtrain.study.grid`: the study).
@@ -20,6 +21,7 @@ from typing import Any, Callable, Collection, Sequence
 
 import ml_collections
 
+from jaxtrain import writers
 from jaxtrain.optim.unread_fields import Rule, check_rules, get
 
 
@@ -87,14 +89,15 @@ def model_rules(model_cls: type) -> list[Rule]:
 
 def check_run(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
               given: Collection[str] = ()) -> None:
-  """`check_rules` over train, data and distill (plain values: no JAX imported).
+  """`check_rules` over train, data, distill and logging (plain values: no JAX
+  imported).
 
   Args:
     config: a full experiment config.
     defaults: `base_config()`.
     given: full dotted paths set on the command line.
   """
-  check_rules(config, defaults, RUN_RULES, "", given)
+  check_rules(config, defaults, (*RUN_RULES, *writers.RULES), "", given)
 
 
 def check_model_options(config: ml_collections.ConfigDict,

@@ -1,14 +1,13 @@
 """Trackers: every row reaches W&B (offline) and MLflow (file store), read back
 through each library's own client code; a resumed run continues the same run."""
-import glob
 import json
 import math
 import os
-import struct
 import time
 
 import pytest
 
+import tracker_records
 from jaxtrain import trackers
 
 ROWS = [(0, {"train/loss": 2.5, "train/learning_rate": 0.1}),
@@ -22,10 +21,9 @@ CONFIG = {"seed": 0, "optimizer": {"name": "lars", "learning_rate": 0.1,
 
 def _mlflow_history(uri, run_id):
   tracking = pytest.importorskip("mlflow.tracking")
-  client = tracking.MlflowClient(tracking_uri=uri)
   keys = {k for _, row in ROWS for k in row}
-  return {(m.step, k, m.value) for k in keys
-          for m in client.get_metric_history(run_id, k)}, client.get_run(run_id)
+  return (tracker_records.mlflow_rows(uri, run_id, keys),
+          tracking.MlflowClient(tracking_uri=uri).get_run(run_id))
 
 
 def test_mlflow_receives_every_row_and_a_resume_continues_the_run(tmp_path,
@@ -56,43 +54,6 @@ def test_mlflow_receives_every_row_and_a_resume_continues_the_run(tmp_path,
 
 # ----- Weights & Biases -----------------------------------------------------------
 
-def _wandb_records(path):
-  """The records of a W&B transaction log (run-<id>.wandb), decoded with W&B's own
-  protobuf `Record`. The file is a 7-byte header (":W&B", magic 0xBEE1, version 0)
-  then LevelDB's log format: 32 KiB blocks of records, each with a 7-byte header
-  (CRC-32C, length, type FULL=1/FIRST=2/MIDDLE=3/LAST=4); fragments join."""
-  from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
-  data = open(path, "rb").read()
-  assert data[:4] == b":W&B"
-  pos, block, pending, out = 7, 32768, b"", []
-  while pos + 7 <= len(data):
-    if block - pos % block < 7:  # a block's tail too short for a header: padding
-      pos += block - pos % block
-      continue
-    length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
-    pending += data[pos + 7:pos + 7 + length]
-    pos += 7 + length
-    if kind in (1, 4):
-      record = wandb_internal_pb2.Record()
-      record.ParseFromString(pending)
-      out.append(record)
-      pending = b""
-  return out
-
-
-def _wandb_rows(directory, run_id):
-  rows = set()
-  for path in sorted(glob.glob(f"{directory}/wandb/offline-run-*-{run_id}/run-{run_id}.wandb")):
-    for record in _wandb_records(path):
-      if record.WhichOneof("record_type") != "history":
-        continue
-      items = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
-               for i in record.history.item}
-      step = items.pop("step")
-      rows |= {(step, k, v) for k, v in items.items() if not k.startswith("_")}
-  return rows
-
-
 def test_wandb_offline_receives_every_row_and_a_resume_continues_the_run(
     tmp_path, monkeypatch):
   pytest.importorskip("wandb")
@@ -117,16 +78,15 @@ def test_wandb_offline_receives_every_row_and_a_resume_continues_the_run(
                                  directory=logs)
   second.write(*ROWS[2])
   second.close()
-  got = _wandb_rows(logs, run_id)
+  got = tracker_records.wandb_rows(logs, run_id)
   want = {(s, k, v) for s, row in ROWS for k, v in row.items()}
   assert {(s, k) for s, k, _ in got} == {(s, k) for s, k, _ in want}
   for s, k, v in want:
     (value,) = [g for gs, gk, g in got if (gs, gk) == (s, k)]
     assert math.isclose(value, v)
-  runs = [r for p in glob.glob(f"{logs}/wandb/offline-run-*/run-*.wandb")
-          for r in _wandb_records(p) if r.WhichOneof("record_type") == "run"]
-  assert len(runs) == 2 and {r.run.run_id for r in runs} == {run_id}
-  assert {r.run.run_group for r in runs} == {"sweep-1"}
+  runs = tracker_records.wandb_runs(logs)
+  assert len(runs) == 2 and {r.run_id for r in runs} == {run_id}
+  assert {r.run_group for r in runs} == {"sweep-1"}
 
 
 def test_a_missing_package_names_the_writer_and_the_extra(monkeypatch, tmp_path):
@@ -169,3 +129,52 @@ def test_the_metrics_writer_hands_every_jsonl_row_to_its_trackers(tmp_path,
   got, run = _mlflow_history(uri, tracker.run_id)
   assert got == jsonl and len(got) == 6
   assert run.info.status == "FINISHED"  # the writer closed it
+
+
+# ----- The `logging` section ----------------------------------------------------
+
+def _logging_error(**fields):
+  from jaxtrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  for path, value in fields.items():
+    section, _, leaf = path.rpartition("__")
+    node = c.logging
+    for part in filter(None, section.split("__")):
+      node = node[part]
+    node[leaf] = value
+  with pytest.raises(trackers.ConfigError) as e:
+    config_lib.validate(c)
+  return str(e.value)
+
+
+def test_metrics_jsonl_cannot_be_turned_off():
+  message = _logging_error(writers=("tensorboard", "wandb"))
+  assert message.startswith("config.logging.writers=('tensorboard', 'wandb'): ")
+  assert "keep 'jsonl' in logging.writers" in message
+
+
+@pytest.mark.parametrize("writers, says", [
+    (("jsonl", "comet"), "config.logging.writers='comet': not a known choice"),
+    (("jsonl", "jsonl"), "name each writer once")])
+def test_bad_writer_lists_are_refused(writers, says):
+  assert says in _logging_error(writers=writers)
+
+
+def test_a_tracker_option_without_its_tracker_is_refused():
+  message = _logging_error(wandb__project="mine")
+  assert message.startswith("config.logging.wandb.project='mine': ")
+  assert "has no 'wandb'" in message and "add 'wandb' to logging.writers" in message
+
+
+def test_a_bad_wandb_mode_is_refused():
+  message = _logging_error(writers=("jsonl", "wandb"), wandb__mode="disabled")
+  assert message.startswith("config.logging.wandb.mode='disabled': not a known")
+
+
+def test_a_missing_tracker_package_is_refused_at_validation(monkeypatch):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "mlflow" else real(name, *a))
+  message = _logging_error(writers=("jsonl", "mlflow"))
+  assert "pip install 'jaxtrain[mlflow]'" in message

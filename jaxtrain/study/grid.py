@@ -94,7 +94,8 @@ class Trial:
       parts.append(f"m{self.momentum:g}")
     if self.weight_decay is not None:
       parts.append(f"wd{self.weight_decay:g}")
-    digest = hashlib.sha1(self.config.to_json(sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha1(without_logging(self.config).to_json(
+        sort_keys=True).encode()).hexdigest()
     return "-".join(parts) + "-" + digest[:8]
 
   def coordinates(self) -> dict[str, Any]:
@@ -104,6 +105,17 @@ class Trial:
             "seed": self.seed, "momentum": self.momentum,
             "weight_decay": self.weight_decay, "num_steps": self.num_steps,
             "eval_every": self.eval_every}
+
+
+def without_logging(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` without its `logging` section: where metrics go changes no result,
+  so a trial's id and the stored study's experiment leave it out (adding W&B to
+  a finished study re-runs nothing)."""
+  if "logging" not in config:
+    return config
+  config = copy.deepcopy(config)
+  del config["logging"]
+  return config
 
 
 def split(config: ml_collections.ConfigDict

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxtrain import runner
+from jaxtrain import runner, writers
 from jaxtrain.data import pipeline, sources
 from jaxtrain.errors import ConfigError
 from jaxtrain.study import grid, rerun, results, targets, vectorized
@@ -59,10 +59,31 @@ def _check(track: _Track, row: dict[str, float], target: targets.Target,
       track.done_at = elapsed
 
 
+def _open_trackers(trials: Sequence[grid.Trial], workdir: str) -> list[list]:
+  """Each trial's trackers (`logging.writers`), on process 0: one tracked run per
+  trial, named by its id, its run ids in ``WORKDIR/trackers/<id>``, grouped under
+  the sweep's name (the workdir's last part)."""
+  out = []
+  for t in trials:
+    if (not workdir or jax.process_index() != 0 or
+        not set(t.config.logging.writers) & set(writers.TRACKERS)):
+      out.append([])
+      continue
+    where = epath.Path(workdir) / "trackers" / t.id
+    where.mkdir(parents=True, exist_ok=True)
+    out.append(writers.make_trackers(t.config, str(where),
+                                     group=epath.Path(workdir).name, name=t.id))
+  return out
+
+
 def run_group(trials: Sequence[grid.Trial], target: targets.Target,
               study: ml_collections.ConfigDict, devices=None,
-              watcher=None) -> list[Record] | None:
-  """Runs one group of trials to the end; None if `watcher` asked to stop."""
+              watcher=None, workdir: str = "") -> list[Record] | None:
+  """Runs one group of trials to the end; None if `watcher` asked to stop.
+
+  With `workdir`, every evaluated row of a trial also goes to the trackers its
+  `logging.writers` lists (`_open_trackers`).
+  """
   t0 = time.perf_counter()
   program = vectorized.build_group([t.config for t in trials], devices)
   exp = program.exp
@@ -73,6 +94,7 @@ def run_group(trials: Sequence[grid.Trial], target: targets.Target,
            for seed in program.seeds]
   tracks = [_Track(t) for t in trials]
   step = 0
+  tracked = _open_trackers(trials, workdir)
   try:
     while step < num_steps and any(t.done_at is None for t in tracks):
       program.step([next(it) for it in iters])
@@ -83,10 +105,12 @@ def run_group(trials: Sequence[grid.Trial], target: targets.Target,
         continue
       train, evals = program.train_metrics(), program.evaluate()
       elapsed = time.perf_counter() - t0
-      for track, tr, ev in zip(tracks, train, evals):
+      for track, tr, ev, trackers in zip(tracks, train, evals, tracked):
         if track.done_at is None:
           _check(track, {"step": step, **tr, **ev}, target, limit,
                  study.stop_at_target, elapsed)
+          for tracker in trackers:
+            tracker.write(step, {**tr, **ev})
       if study.prune and any(t.reached for t in tracks):
         for t in tracks:  # They can no longer be the fastest of the group.
           if t.reached is None and t.done_at is None:
@@ -94,6 +118,8 @@ def run_group(trials: Sequence[grid.Trial], target: targets.Target,
   finally:
     for it in iters:
       it.close()
+    for tracker in (t for trackers in tracked for t in trackers):
+      tracker.close()
   elapsed = time.perf_counter() - t0
   return [_record(t, step, elapsed, trials, target) for t in tracks]
 
@@ -227,7 +253,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, devices=None,
   # JSON round trip: compared with a stored header as it reads back.
   header = json.loads(json.dumps({
       "target": str(target), "study": study.to_dict(),
-      "experiment": experiment.to_dict(), "num_train_examples": len(train_source)}))
+      "experiment": grid.without_logging(experiment).to_dict(),
+      "num_train_examples": len(train_source)}))
   stored, previous = results.load_results(workdir)
   where = str(epath.Path(workdir) / results.RESULTS_JSON)
   _agree(lambda: rerun.check_same_study(stored, header, previous,
@@ -244,7 +271,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, devices=None,
   _watch(watcher, workdir)
   for i, group in enumerate(group_list):
     log(f"[{i + 1}/{len(group_list)}] {_describe(group)}")
-    records = run_group(group, target, study, devices, watcher)
+    records = run_group(group, target, study, devices, watcher, workdir)
     if records is None:
       watcher.stopped_at = len(done)  # the command exits 128 + the signal number
       log("Stopped by a signal; finished trials are saved. Re-run the same "
