@@ -1,65 +1,27 @@
 """The bundled digits written out as an image folder of PNGs and as a Hugging Face
-dataset on disk, read back through `data.source=image_folder` / `hf`.
+dataset on disk (`digits_files`), read back through `data.source=image_folder` /
+`hf`: the TFDS digits' values, and as good a training run.
 
-Pixels are scikit-learn's counts k = 0..16 stored as uint8 15k (PNG is lossless),
-so ``decode(channels=1)|normalize(mean=0, std=240)`` gives k/16 exactly: the values
-the TFDS digits hold. Folder records come class by class, so the rows are matched
-by file name (the row of `load_digits()`).
+Folder records come class by class, so the rows are matched by file name (the row
+of `load_digits()`).
 """
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from jaxtrain import cli, config as config_lib
+import digits_files
+from jaxtrain import cli
 from jaxtrain.data import sources
-from jaxtrain.data.builders import digits
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "..", "experiments",
                           "digits_cnn.py")
-DECODE = "decode(channels=1)|normalize(mean=0, std=240)"  # as in README.md
 
 
-def _digits():
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  bunch = load_digits()
-  return bunch.images.astype(np.uint8), bunch.target, digits.split_rows()
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-  images, labels, rows = _digits()
-  root = tmp_path_factory.mktemp("digits")
-  for split, idx in rows.items():
-    for r in idx:
-      d = root / "folder" / split / str(labels[r])
-      d.mkdir(parents=True, exist_ok=True)
-      Image.fromarray(images[r] * 15).save(d / f"{r:04d}.png")
-  datasets = pytest.importorskip("datasets")
-  features = datasets.Features({
-      "image": datasets.Image(), "row": datasets.Value("int32"),
-      "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
-  datasets.DatasetDict({split: datasets.Dataset.from_dict(
-      {"image": [Image.fromarray(images[r] * 15) for r in idx],
-       "label": [int(labels[r]) for r in idx], "row": [int(r) for r in idx]},
-      features=features) for split, idx in rows.items()}).save_to_disk(
-          str(root / "hf"))
-  return root
-
-
-def _data(source, root):
-  c = config_lib.base_config().data
-  c.source, c.data_dir = source, str(root / ("folder" if source == "image_folder"
-                                             else "hf"))
-  c.train_transforms = c.eval_transforms = DECODE
-  return c
-
-
-@pytest.mark.parametrize("source", ["image_folder", "hf"])
+@pytest.mark.parametrize("source", digits_files.SOURCES)
 def test_every_test_image_equals_the_tfds_digits_value(folders, source):
-  images, labels, rows = _digits()
-  src = sources.get_source(_data(source, folders), "test")
+  images, labels, rows = digits_files.arrays()
+  src = sources.get_source(digits_files.data(source, folders), "test")
   assert len(src) == len(rows["test"]) and src.num_classes == 10
   batch = src.load_batch(np.arange(len(src)))
   if source == "image_folder":
@@ -99,6 +61,6 @@ def test_digits_from_folders_train_as_well_as_from_tfds(folders, tmp_path):
   tfds_accuracy = _train(tmp_path / "tfds")
   for source in ("image_folder", "hf"):
     flags.update({"--config.data.source": source,
-                  "--config.data.data_dir": _data(source, folders).data_dir})
+                  "--config.data.data_dir": digits_files.data_dir(source, folders)})
     accuracy = _train(tmp_path / source, *[f"{k}={v}" for k, v in flags.items()])
     assert abs(accuracy - tfds_accuracy) <= 0.005, (source, accuracy, tfds_accuracy)
