@@ -240,7 +240,8 @@ def _set_field(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
   if not isinstance(node, ml_collections.ConfigDict):
     raise ConfigError(key, raw, f"config.{'.'.join(parents)} is not a section")
   if (leaf not in node and not _is_model_kwarg(config, parents, leaf)
-      and not _is_loss_option(node, parents, leaf)):
+      and not _is_loss_option(node, parents, leaf)
+      and not _is_optimizer_kwarg(parents)):
     known = keys_of(node)
     if parents == ["model"]:
       known += list(_model_options(config.model.name))
@@ -275,6 +276,14 @@ def _is_model_kwarg(config, parents, leaf) -> bool:
     return leaf in _model_options(name)
   except ConfigError:
     return False
+
+
+def _is_optimizer_kwarg(parents: Sequence[str]) -> bool:
+  """`optimizer.kwargs.X` (also a study label's): a plug-in factory's arguments,
+  checked against its signature when the optimizer is built."""
+  return (parents[-2:] == ["optimizer", "kwargs"]
+          or (parents[:2] == ["study", "optimizer_configs"] and len(parents) == 4
+              and parents[-1] == "kwargs"))
 
 
 def _loss_options(section: ml_collections.ConfigDict) -> list[str]:

@@ -31,12 +31,22 @@ def abstract_params(config) -> Any:
   return nn.meta.unbox(variables["params"])
 
 
+def _describe(section) -> str:
+  """The optimizer's name; for a plug-in, also its factory and keyword arguments."""
+  from jaxtrain.optim import plugins  # pylint: disable=g-import-not-at-top
+  name = section.name
+  if not plugins.is_plugin(name):
+    return name
+  kwargs = dict(section.get("kwargs", {}))
+  return f"{name} (plug-in {plugins.describe(name)}, kwargs {kwargs})"
+
+
 def print_summary(config, stream: TextIO | None = None) -> None:
   # sys.stdout looked up per call, not bound at import (it may be replaced since).
   stream = stream or sys.stdout
   rows = optim.mask_summary(config.optimizer, abstract_params(config))
   width = max(len(r[0]) for r in rows)
-  stream.write(f"optimizer: {config.optimizer.name}\n")
+  stream.write(f"optimizer: {_describe(config.optimizer)}\n")
   stream.write(f"{'parameter':<{width}}  {'shape':<20} {'decay':>5} {'trust':>5} "
                f"{'lr x':>6} {'frozen':>6}\n")
   yes = lambda b: "yes" if b else "-"  # noqa: E731

@@ -150,8 +150,63 @@ TRAIN = [
      "config.model.bn_momentum=1.5"),
     (["--config.model.name=vit", "--config.model.patch_size=3"], "config.model="),
 ]
+
+# Plug-in optimizers (`optimizer.name = "test_bad_inputs:FACTORY"`; pytest puts this
+# directory on sys.path): each mistake names optimizer.name or optimizer.kwargs.X.
+NOT_A_FACTORY = 3
+
+
+def sgd_factory(learning_rate, momentum=0.0):
+  import optax  # pylint: disable=g-import-not-at-top
+  return optax.sgd(learning_rate, momentum)
+
+
+def raising_factory(learning_rate):
+  raise ValueError("this factory always fails")
+
+
+def returns_a_tuple(learning_rate):
+  return (learning_rate, None)
+
+
+def needs_beta(learning_rate, beta):
+  return sgd_factory(learning_rate, beta)
+
+
+def no_learning_rate(momentum=0.9):
+  return sgd_factory(0.1, momentum)
+
+
+PLUGIN = [
+    ("no_such_module_xyz:factory", [], "config.optimizer.name='no_such_module_xyz"),
+    ("test_bad_inputs:no_such_factory", [], "has no attribute 'no_such_factory'"),
+    ("test_bad_inputs:NOT_A_FACTORY", [], "is a int value, not callable"),
+    ("test_bad_inputs:raising_factory", [], "raised ValueError"),
+    ("test_bad_inputs:returns_a_tuple", [], "not an optax.GradientTransformation"),
+    ("test_bad_inputs:sgd_factory", ["--config.optimizer.kwargs.nesterov=True"],
+     "config.optimizer.kwargs.nesterov=True: not an argument"),
+    ("test_bad_inputs:needs_beta", [], "config.optimizer.kwargs.beta=None: required"),
+    ("test_bad_inputs:no_learning_rate", [], "takes no learning_rate"),
+    ("test_bad_inputs:sgd_factory", ["--config.optimizer.kwargs.learning_rate=0.5"],
+     "config.optimizer.kwargs.learning_rate=0.5"),
+    ("test_bad_inputs:", [], "a plug-in path is 'package.module:factory'"),
+    ("no_such_optimizer", [], "config.optimizer.name='no_such_optimizer': unknown"),
+    ("test_bad_inputs:sgd_factory", ["--config.optimizer.nesterov=True"],
+     "config.optimizer.nesterov=True: not used"),
+    ("momentum", ["--config.optimizer.kwargs.momentum=0.5"],
+     "config.optimizer.kwargs={'momentum': 0.5}: not used"),
+]
+EXPERIMENT_FILES.update({
+    "registers_adam.py": "import jaxtrain\n\n@jaxtrain.optim.register('adam')\n"
+                         "def adam(learning_rate):\n  pass\n",
+    "registers_path.py": "import jaxtrain\n\n@jaxtrain.optim.register('a.b:c')\n"
+                         "def c(learning_rate):\n  pass\n",
+})
 FILES = [(name, "--config=") for name in EXPERIMENT_FILES
-         if name not in ("partial.py", "no_arg.py")] + [
+         if name not in ("partial.py", "no_arg.py", "registers_adam.py",
+                         "registers_path.py")] + [
+    ("registers_adam.py", "config.optimizer.name='adam': register(...) refused"),
+    ("registers_path.py", "config.optimizer.name='a.b:c': register(...) refused"),
     ("partial.py", "base_config()"), ("no_arg.py:variant", "takes no argument"),
     (f"{CIFAR}:nonsense", "nonsense")]
 LR_FIND = [
@@ -206,6 +261,14 @@ def test_bad_config_is_refused_before_compiling(overrides, field, tmp_path, caps
   _refused(["train", f"--config={DIGITS}", f"--workdir={tmp_path}", *overrides],
            capsys, field)
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("name,overrides,field", PLUGIN,
+                         ids=[f"{i}-{c[0][-24:]}" for i, c in enumerate(PLUGIN)])
+def test_bad_plugin_optimizer_is_refused_before_compiling(name, overrides, field,
+                                                          tmp_path, capsys):
+  _refused(["train", f"--config={DIGITS}", f"--workdir={tmp_path}",
+            f"--config.optimizer.name={name}", *overrides], capsys, field)
 
 
 @pytest.mark.parametrize("name,field", FILES, ids=[f[0][-24:] for f in FILES])

@@ -11,6 +11,9 @@ Every optimizer is an Optax `GradientTransformation` (it drops into `optax.chain
                         them (LR multipliers, L1/L2, parameter EMA)
   schedule_config       config.optimizer.schedule -> schedule
   unread_fields         fields the chosen optimizer/schedule does not read: refused
+  plugins               plug-in optimizers: `optimizer.name` naming a registered
+                        factory or "package.module:factory" (`register`)
+  weight_decay          decoupled weight decay after a plug-in's update
   build                 config.optimizer -> (tx, lr_schedule)
   defaults              the config.optimizer section (plain data, no JAX)
 
@@ -31,6 +34,9 @@ _EXPORTS = {
     "default_config": "defaults",
     "mask_summary": "build",
     "OPTIMIZERS": "build",
+    "register": "plugins",
+    "registered_names": "plugins",
+    "decoupled_weight_decay": "weight_decay",
     "exclude_ndim_le_1": "lars",
     "lars": "lars",
     "LarsState": "lars",
@@ -62,7 +68,8 @@ _EXPORTS = {
 
 __all__ = (
     "OPTIMIZERS", "SCHEDULES", "LarsState", "ParamsEmaState", "ScaleBySignState",
-    "add_l1_l2", "addsign", "build", "cosine_decay_fn", "default_config",
+    "add_l1_l2", "addsign", "build", "cosine_decay_fn", "decoupled_weight_decay",
+    "default_config", "register", "registered_names",
     "ema_params", "exclude_ndim_le_1", "inverse_time_decay_schedule", "lars",
     "linear_cosine_decay_schedule", "linear_decay_fn", "mask_summary",
     "mlperf_polynomial_schedule", "noisy_linear_cosine_decay_schedule",
@@ -77,6 +84,9 @@ if TYPE_CHECKING:
   from jaxtrain.optim.defaults import default_config
   from jaxtrain.optim.build import mask_summary
   from jaxtrain.optim.build import OPTIMIZERS
+  from jaxtrain.optim.plugins import register
+  from jaxtrain.optim.plugins import registered_names
+  from jaxtrain.optim.weight_decay import decoupled_weight_decay
   from jaxtrain.optim.lars import exclude_ndim_le_1
   from jaxtrain.optim.lars import lars
   from jaxtrain.optim.lars import LarsState

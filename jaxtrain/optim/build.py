@@ -30,17 +30,18 @@ from jaxtrain.errors import ConfigError
 from jaxtrain.optim.lars import lars as lars_tx
 from jaxtrain.optim import lr_scaling
 from jaxtrain.optim import masks
+from jaxtrain.optim import plugins
 from jaxtrain.optim import schedule_config
 from jaxtrain.optim import sign
 from jaxtrain.optim import sign_decay
 from jaxtrain.optim.defaults import default_config  # noqa: F401  (optim.default_config)
 from jaxtrain.optim.defaults import MAX_INT
+from jaxtrain.optim.defaults import OPTIMIZERS
 from jaxtrain.optim.defaults import check_schedule_values as schedule_values
 from jaxtrain.optim.defaults import merged_section
 from jaxtrain.optim import unread_fields
+from jaxtrain.optim.weight_decay import decoupled_weight_decay
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
-              "adamw", "lamb", "lars", "addsign", "powersign")
 SIGN_DECAYS = ("none", "linear", "cosine", "restart")
 MU_DTYPES = ("", "float32", "bfloat16")
 LR_SCALING = ("none", "linear", "sqrt")
@@ -119,6 +120,8 @@ def _eps(c: ml_collections.ConfigDict, default: float) -> float:
 def _optimizer(c: ml_collections.ConfigDict, lr: optax.Schedule,
                num_updates: int, wd_mask: Any) -> optax.GradientTransformation:
   """Direction, decoupled weight decay and learning rate for `c.name`."""
+  if plugins.is_plugin(c.name):
+    return plugin_optimizer(c, lr, wd_mask)
   mu_dtype = c.mu_dtype or None
   if c.name == "lars":
     exclude = lambda params: jax.tree.map(lambda m: not m, wd_mask(params))
@@ -134,6 +137,28 @@ def _optimizer(c: ml_collections.ConfigDict, lr: optax.Schedule,
     stages.append(optax.add_decayed_weights(c.weight_decay, wd_mask))
   stages.append(optax.scale_by_learning_rate(lr))
   return optax.chain(*stages)
+
+
+def plugin_optimizer(c: ml_collections.ConfigDict, lr: optax.Schedule,
+                     wd_mask: Any, kwargs: dict[str, Any] | None = None,
+                     weight_decay: Any = None) -> optax.GradientTransformation:
+  """A plug-in factory's transformation (`plugins.make`) with decoupled weight
+  decay after it when `c.weight_decay` is on (`decoupled_weight_decay`).
+
+  Args:
+    c: the full optimizer section.
+    lr: the learning-rate schedule of the applied-update count.
+    wd_mask: the weight-decay mask.
+    kwargs: the factory's keyword arguments (default: `c.kwargs`).
+    weight_decay: the decay (default `c.weight_decay`; traced in a vectorized
+      study); the stage is present when this or `c.weight_decay` is not 0.
+  """
+  kwargs = c.kwargs.to_dict() if kwargs is None else kwargs
+  tx = plugins.make(c.name, kwargs, lr)
+  if weight_decay is None and not c.weight_decay:
+    return tx
+  decay = c.weight_decay if weight_decay is None else weight_decay
+  return optax.chain(tx, decoupled_weight_decay(decay, lr, wd_mask))
 
 
 def _direction(c: ml_collections.ConfigDict, num_updates: int,
@@ -204,6 +229,7 @@ def mask_summary(opt_config: ml_collections.ConfigDict,
                                 jax.tree.leaves(params),
                                 jax.tree.leaves(decayed(params)),
                                 jax.tree.leaves(frozen(params))):
+    # A plug-in's trust ratio, if any, is its own business: not shown.
     trust = (c.name == "lars" and wd) or c.name == "lamb"
     rows.append((path, tuple(leaf.shape), bool(wd_on and wd and not fz),
                  bool(trust and not fz),
@@ -228,8 +254,10 @@ def _validate(opt_config: Any, total_steps: int | None,
               batch_size: int | None) -> ml_collections.ConfigDict:
   """Checks every field (before anything compiles); returns the full config."""
   c = merged_section(opt_config)
-  for field, choices in (("name", OPTIMIZERS), ("sign_decay", SIGN_DECAYS),
-                         ("mu_dtype", MU_DTYPES), ("lr_scaling", LR_SCALING)):
+  if plugins.is_plugin(c.name) or c.name not in OPTIMIZERS:
+    plugins.make(c.name, c.kwargs.to_dict(), lambda count: c.learning_rate)
+  for field, choices in (("sign_decay", SIGN_DECAYS), ("mu_dtype", MU_DTYPES),
+                         ("lr_scaling", LR_SCALING)):
     if c[field] not in choices:
       raise ConfigError(f"optimizer.{field}", c[field], "unknown value", choices)
   _check("learning_rate", c.learning_rate,

@@ -13,6 +13,10 @@ import ml_collections
 
 from jaxtrain.errors import ConfigError
 
+# The built-in optimizers (`build`); any other `optimizer.name` is a plug-in
+# (`jaxtrain.optim.plugins`).
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
+              "adamw", "lamb", "lars", "addsign", "powersign")
 
 def schedule_defaults() -> ml_collections.ConfigDict:
   """The `config.optimizer.schedule` section; see `schedule_from_config`.
@@ -59,7 +63,9 @@ def default_config() -> ml_collections.ConfigDict:
     A ConfigDict, with the schedule section under `schedule`.
   """
   c = ml_collections.ConfigDict()
-  c.name = "momentum"          # one of OPTIMIZERS
+  c.name = "momentum"          # one of OPTIMIZERS, a registered plug-in name or
+                               # "package.module:factory" (jaxtrain.optim.plugins)
+  c.kwargs = ml_collections.ConfigDict()  # a plug-in factory's keyword arguments
   c.learning_rate = 0.1        # peak LR (at base_batch_size when lr_scaling is on)
   c.lr_scaling = "none"        # none|linear|sqrt: scale learning_rate by batch size
   c.base_batch_size = 256      # batch size learning_rate was tuned for
@@ -111,6 +117,9 @@ def _merged(opt_config: Any, defaults: ml_collections.ConfigDict,
     field = f"{prefix}.{key}"
     if key not in defaults:
       raise ConfigError(field, value, "unknown field", defaults.keys())
+    if field == "optimizer.kwargs":  # free-form: the plug-in's signature checks it
+      merged[key] = _kwargs_section(value)
+      continue
     if isinstance(defaults[key], ml_collections.ConfigDict):
       merged[key] = _merged(value, defaults[key], field)
       continue
@@ -120,6 +129,13 @@ def _merged(opt_config: Any, defaults: ml_collections.ConfigDict,
       raise ConfigError(field, value, f"expected {type(defaults[key]).__name__}"
                         ) from e
   return merged
+
+
+def _kwargs_section(value: Any) -> ml_collections.ConfigDict:
+  if not isinstance(value, (ml_collections.ConfigDict, dict)):
+    raise ConfigError("optimizer.kwargs", value, "use a section (ConfigDict) of the "
+                      "plug-in factory's keyword arguments")
+  return ml_collections.ConfigDict(dict(value.items()))
 
 
 def _finite(v: Any) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Collection, Iterable
 import ml_collections
 
 from jaxtrain.errors import ConfigError
+from jaxtrain.optim.defaults import OPTIMIZERS
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
@@ -63,6 +64,11 @@ def _same(a: Any, b: Any) -> bool:
   return a == b
 
 
+def _plain(value: Any) -> Any:
+  """A section as a dict (a ConfigDict's repr spans lines)."""
+  return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+
 def unread_rules(section: Any, rules: Iterable[Rule]) -> list[Rule]:
   """The rules whose field the run would not read."""
   return [r for r in rules if not r.reads(section)]
@@ -92,6 +98,7 @@ def check_rules(section: Any, defaults: Any, rules: Iterable[Rule], prefix: str 
       continue
     changed = default is missing or not _same(value, default)
     if rule.field in given or (changed and not rule.only_given):
+      value, default = _plain(value), _plain(default)  # one line, not YAML
       shown = "" if default is missing else f" (default {default!r})"
       off = "".join(f", set it to {v!r}" for v in rule.off)
       raise ConfigError(prefix + rule.field, value,
@@ -163,8 +170,21 @@ _OWN_WARMUP = ("one_cycle", "linear_one_cycle", "sgdr", "mlperf_polynomial")
 
 def _read_by(field: str, control: str, readers: tuple[str, ...]) -> Rule:
   return Rule(field, lambda s: get(s, control) in readers,
-              lambda s: f"optimizer.{control}={get(s, control)!r} does not read it",
+              lambda s: f"optimizer.{control}={get(s, control)!r} does not read it"
+              + _plugin_note(s, control),
               f"set optimizer.{control} to one that reads it ({', '.join(readers)})")
+
+
+def _is_plugin(s: Any) -> bool:
+  """A plug-in optimizer name (`jaxtrain.optim.plugins`): not built in."""
+  name = get(s, "name")
+  return isinstance(name, str) and name not in OPTIMIZERS
+
+
+def _plugin_note(s: Any, control: str) -> str:
+  if control != "name" or not _is_plugin(s):
+    return ""
+  return " (a plug-in reads its own options from optimizer.kwargs: pass it there)"
 
 
 def _has_momentum_stage(s: Any) -> bool:
@@ -197,6 +217,11 @@ def _no_sign_decay(s: Any) -> str:
 
 RULES: tuple[Rule, ...] = (
     *(_read_by(f, "name", readers) for f, readers in READ_BY.items()),
+    Rule("kwargs", _is_plugin,
+         lambda s: (f"optimizer.name={get(s, 'name')!r} is built in; "
+                    "optimizer.kwargs feed a plug-in factory"),
+         "set optimizer.name to a plug-in ('package.module:factory' or a name "
+         "registered with @jaxtrain.optim.register)"),
     # rmsprop's nesterov and mu_dtype belong to its momentum stage.
     *(Rule(f, _has_momentum_stage, _no_momentum, "set optimizer.momentum > 0")
       for f in ("nesterov", "mu_dtype")),

@@ -16,7 +16,7 @@ ALGORITHMS = (
     "linear_cosine_decay_schedule", "noisy_linear_cosine_decay_schedule",
     "mlperf_polynomial_schedule", "sgdr_warm_restarts_schedule",
     "inverse_time_decay_schedule", "warmup_polynomial_schedule",
-    "with_linear_warmup", "scale_lr", "track_params_ema",
+    "with_linear_warmup", "scale_lr", "track_params_ema", "decoupled_weight_decay",
 )
 
 EXPORTS = {name: getattr(optim, name) for name in optim.__all__}
