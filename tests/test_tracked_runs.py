@@ -5,12 +5,13 @@ sweep's trials are grouped under the sweep's name."""
 import json
 import math
 import os
+import re
 
 import pytest
 
 import processes
 import tracker_records
-from jaxtrain import runner
+from jaxtrain import cli, runner
 from jaxtrain.config import base_config
 from jaxtrain.study import grid, results, sweep
 from jaxtrain.trackers import RUN_IDS
@@ -76,6 +77,38 @@ def test_a_resumed_run_logs_every_value_to_each_writer_in_the_same_runs(
   (run,) = client.search_runs([experiment.experiment_id])
   assert run.info.run_id == ids["mlflow"] and run.info.status == "FINISHED"
   assert run.data.params["model.name"] == "mlp"
+
+
+def _readme_command():
+  """The arguments of the README's "Experiment trackers" command."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    text = f.read().split("## Experiment trackers", 1)[1]
+  block = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
+  words = re.findall(r'(--[\w.]+)=("[^"]*"|\S+)', block)
+  return block.split()[1], {k: v.strip('"') for k, v in words}
+
+
+def test_the_readme_command_reaches_every_writer(tmp_path, mlflow_uri):
+  command, flags = _readme_command()
+  assert command == "train" and flags["--config"] == "experiments/digits_cnn.py"
+  assert flags["--config.logging.mlflow.tracking_uri"] == "file:///tmp/mlruns"
+  workdir = str(tmp_path / "run")
+  flags.update({"--config": os.path.join(ROOT, flags["--config"]),
+                "--workdir": workdir,
+                "--config.logging.mlflow.tracking_uri": mlflow_uri})
+  shrink = ["--config.train.num_epochs=0", "--config.train.num_steps=10",
+            "--config.train.log_every=5", "--config.train.eval_every=10",
+            "--config.model.name=mlp", "--config.optimizer.schedule.warmup_steps=2"]
+  assert cli.main([command, *[f"{k}={v}" for k, v in flags.items()], *shrink]) == 0
+  with open(os.path.join(workdir, RUN_IDS)) as f:
+    ids = json.load(f)
+  jsonl = tracker_records.jsonl_rows(workdir)
+  assert {s for s, _, _ in jsonl} == {5, 10}
+  _assert_same_values(tracker_records.tensorboard_rows(os.path.join(workdir, "tb")),
+                      jsonl, rel=1e-6)
+  _assert_same_values(tracker_records.wandb_rows(workdir, ids["wandb"]), jsonl)
+  assert tracker_records.mlflow_rows(
+      mlflow_uri, ids["mlflow"], {k for _, k, _ in jsonl}) == jsonl
 
 
 def test_without_tensorboard_no_event_files_are_written(tmp_path):
