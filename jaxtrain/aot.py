@@ -34,6 +34,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 
+from jaxtrain import flops_meter
+from jaxtrain import peak_flops
 from jaxtrain import program as program_lib
 from jaxtrain import runner
 from jaxtrain.data import builders, sources, tfds_source, transforms
@@ -248,11 +250,24 @@ class Report:
   collectives: list[tuple[str, str, int, int]]  # (op, dtype, arrays, bytes)
   seconds: dict[str, float]   # lower, compile
   notes: list[str]
+  peak_flops: float | None = None  # dense bf16 FLOP/s per device (peak_flops)
 
   @property
   def fits(self) -> bool:
     limit = self.target.memory_bytes
     return limit is None or self.memory["total"] <= limit
+
+  @property
+  def step_seconds_at_half_mfu(self) -> float | None:
+    """The step time at 50% MFU: FLOPs per device / (0.5 * peak per device).
+
+    Devices run their shares of the step at once, so this is also the time each
+    chip needs for its devices' shares at half its peak. None without a known
+    peak or FLOP count.
+    """
+    if not self.peak_flops or not self.flops:
+      return None
+    return self.flops / (0.5 * self.peak_flops)
 
   def to_json(self) -> dict[str, Any]:
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -260,6 +275,7 @@ class Report:
                    "devices": len(self.target.devices),
                    "memory_bytes": self.target.memory_bytes}
     d["fits"] = self.fits
+    d["step_seconds_at_half_mfu"] = self.step_seconds_at_half_mfu
     return d
 
 
@@ -272,12 +288,6 @@ def _memory(compiled: Any) -> dict[str, int]:
   memory["total"] = (memory["arguments"] + memory["outputs"] - memory["aliased"]
                      + memory["temporaries"] + memory["generated_code"])
   return memory
-
-
-def _flops(compiled: Any) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
 def compile_train_step(config: ml_collections.ConfigDict,
@@ -310,10 +320,11 @@ def compile_train_step(config: ml_collections.ConfigDict,
       compute_dtype=config.precision.compute_dtype,
       param_count=sum(math.prod(p.shape) for p in jax.tree.leaves(state.params)),
       state_bytes=per_device_bytes(state), batch_bytes=per_device_bytes(batch),
-      memory=_memory(compiled), flops=_flops(compiled),
+      memory=_memory(compiled), flops=flops_meter.compiled_flops(compiled) or 0.0,
       collectives=[(op, dtype, t.count, t.bytes) for (op, dtype), t in
                    collectives.summary(compiled.as_text(), by_dtype=True).items()],
-      seconds={"lower": t1 - t0, "compile": t2 - t1}, notes=notes)
+      seconds={"lower": t1 - t0, "compile": t2 - t1}, notes=notes,
+      peak_flops=peak_flops.device_peak_flops(target.devices[0]))
   return report, compiled
 
 
@@ -327,6 +338,26 @@ def fmt_bytes(n: float) -> str:
     if n >= scale:
       return f"{n / scale:.3g} {unit}"
   return f"{n:.0f} bytes"
+
+
+def fmt_seconds(t: float) -> str:
+  """Seconds with four significant digits in the unit that fits: 1.25 s, 83.34 us."""
+  for unit, scale in (("s", 1.0), ("ms", 1e-3)):
+    if t >= scale:
+      return f"{t / scale:.4g} {unit}"
+  return f"{t / 1e-6:.4g} us"
+
+
+def _half_mfu_line(r: Report) -> str:
+  """The step time at 50% MFU, or why there is none."""
+  seconds = r.step_seconds_at_half_mfu
+  if seconds is None:
+    why = ("no FLOP count from the compiler" if not r.flops else
+           f"no peak FLOP/s known for '{r.target.kind}' (jaxtrain.peak_flops)")
+    return f"at 50% MFU      - ({why})"
+  return (f"at 50% MFU      {fmt_seconds(seconds)} per step on each chip: FLOPs per "
+          f"device / (0.5 x {r.peak_flops / peak_flops.TERA:.4g} TFLOP/s dense bf16 "
+          "peak)")
 
 
 def format_report(r: Report) -> str:
@@ -358,7 +389,7 @@ def format_report(r: Report) -> str:
     lines.append("  no memory limit known for this target (--memory_gib sets one)")
   per_example = r.flops * n / r.batch_size
   lines += ["", f"FLOPs per step  {r.flops:.4g} per device, {r.flops * n:.4g} in all "
-            f"({per_example / 1e9:.2f} GFLOP per example)", "",
+            f"({per_example / 1e9:.2f} GFLOP per example)", _half_mfu_line(r), "",
             "collectives per step (per device; arrays of a combined op counted "
             "one by one)"]
   if not r.collectives:

@@ -89,6 +89,9 @@ def _train_section() -> ml_collections.ConfigDict:
       max_consecutive_skips=10,  # skip: halt after this many skipped steps in a row
       steps_per_dispatch=1,    # k > 1: k steps per host dispatch (lax.scan)
       profile_steps=(0, 0),    # (start, stop): JAX profiler trace into workdir/profile
+      # Peak TFLOP/s per device for train/mfu; 0: the device kind's dense bf16
+      # peak (jaxtrain.peak_flops; none for CPUs: then train/mfu is not logged).
+      peak_tflops=0.0,
       # ((from_step, image_size, batch_size), ...): progressive resizing / growing
       # batches; the first from step 0; 0 keeps the transforms' size / batch_size.
       stages=(),
@@ -412,6 +415,12 @@ def _check_train(train) -> None:
   check_choice("train.on_nonfinite", train.on_nonfinite, NONFINITE_MODES)
   check_int("train.max_consecutive_skips", train.max_consecutive_skips, minimum=1)
   check_int("train.steps_per_dispatch", train.steps_per_dispatch, minimum=1)
+  if (isinstance(train.peak_tflops, bool)
+      or not isinstance(train.peak_tflops, (int, float))
+      or not (math.isfinite(train.peak_tflops) and train.peak_tflops >= 0)):
+    raise ConfigError("train.peak_tflops", train.peak_tflops,
+                      "use the peak TFLOP/s of one device (> 0), or 0 for the device "
+                      "kind's dense bf16 peak (jaxtrain.peak_flops)")
   profile = tuple(train.profile_steps)
   if (len(profile) != 2 or not all(isinstance(s, int) and s >= 0 for s in profile)
       or (profile != (0, 0) and profile[1] <= profile[0])):

@@ -32,6 +32,7 @@ from jax.experimental import multihost_utils
 
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import ema as ema_lib
+from jaxtrain import flops_meter
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import step as step_lib
 from jaxtrain.data import pipeline
@@ -83,6 +84,7 @@ class LoopSettings:
   on_nonfinite: str
   max_consecutive_skips: int
   restore_best: bool
+  peak_tflops: float = 0.0  # 0: the device kind's (jaxtrain.peak_flops)
 
   @classmethod
   def from_config(cls, config: Any) -> LoopSettings:
@@ -94,7 +96,8 @@ class LoopSettings:
                steps_per_dispatch=t.steps_per_dispatch, profile_steps=(start, stop),
                on_nonfinite=t.on_nonfinite,
                max_consecutive_skips=t.max_consecutive_skips,
-               restore_best=bool(t.early_stopping.restore_best))
+               restore_best=bool(t.early_stopping.restore_best),
+               peak_tflops=float(t.peak_tflops))
 
 
 class Loop:
@@ -129,6 +132,8 @@ class Loop:
     self._stop_lock = threading.RLock()  # re-entered by a handler in this thread
     self._window = (0.0, 0.0)  # (wall clock, compile seconds) at the window's start
     self.finished = False  # ran to the end (or stopped early on its metric)
+    self.flops = flops_meter.FlopsMeter(fns.batch_sharding.mesh.devices.flat[0],
+                                        self.settings.peak_tflops)
 
   def evaluate(self, state) -> dict[str, float]:
     """Eval metrics of the raw weights, and of the EMA weights if there are some."""
@@ -308,6 +313,7 @@ class Loop:
       self.writer.message("Compiled; training.")
     else:
       self.writer.message(f"Compiled in {self.clock.seconds - before:.1f} s; training.")
+    self.writer.message(self.flops.describe())
     return state, sums
 
   def _next_local(self):
@@ -318,16 +324,21 @@ class Loop:
 
   def _dispatch(self, state, sums, n: int):
     extra = self.fns.extra_args
+    step = self.fns.train_step
     if self.fns.train_block is None:
       batch = pipeline.to_global(self._next_local(), self.fns.batch_sharding)
-      return self.fns.train_step(state, sums, batch, *extra)
+      self.flops.count(flops_meter.batch_key(batch), 1,
+                       lambda: step.lower(state, sums, batch, *extra))
+      return step(state, sums, batch, *extra)
     k = self.settings.steps_per_dispatch
     local = [self._next_local() for _ in range(n)]
     local += [local[-1]] * (k - n)  # masked out inside the block
-    block = {key: np.stack([b[key] for b in local]) for key in local[0]}
-    return self.fns.train_block(state, sums,
-                                pipeline.to_global(block, self.fns.block_sharding),
-                                np.int32(n), *extra)
+    block = pipeline.to_global({key: np.stack([b[key] for b in local])
+                                for key in local[0]}, self.fns.block_sharding)
+    one = flops_meter.one_step_batch(block, self.fns.batch_sharding)
+    self.flops.count(flops_meter.batch_key(one), n,
+                     lambda: step.lower(state, sums, one, *extra))
+    return self.fns.train_block(state, sums, block, np.int32(n), *extra)
 
   def _profile(self, step: int, final: bool = False) -> None:
     """Starts/stops a JAX profiler trace for steps [start, stop) of the run."""
@@ -365,6 +376,7 @@ class Loop:
             else (step - last) * self.settings.batch_size)
     values["train/examples_per_sec"] = rows / elapsed
     values["train/data_wait_fraction"] = min(self.data_wait / elapsed, 1.0)
+    values.update(self.flops.values(elapsed))
     return values
 
   def _check_nonfinite(self, fetched, step: int, progress=None) -> None:

@@ -29,7 +29,8 @@ from etils import epath
 from jaxtrain.trackers import Tracker
 
 TIMING_KEYS = frozenset({"train/steps_per_sec", "train/examples_per_sec",
-                         "train/data_wait_fraction"})
+                         "train/data_wait_fraction", "train/tflops_per_device",
+                         "train/mfu"})
 
 
 def averages(sums: Mapping[str, np.ndarray], prefix: str) -> dict[str, float]:
@@ -169,7 +170,8 @@ class Writer:
                             ("eval/top5_accuracy", "eval top5", ".4f"),
                             ("train/learning_rate", "lr", ".4g"),
                             ("train/steps_per_sec", "steps/s", ".1f"),
-                            ("train/examples_per_sec", "ex/s", ".0f")):
+                            ("train/examples_per_sec", "ex/s", ".0f"),
+                            ("train/mfu", "MFU", ".1%")):
       if key in values:
         parts.append(f"{label} {values[key]:{fmt}}")
     rate = values.get("train/steps_per_sec")

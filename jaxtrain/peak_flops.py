@@ -9,7 +9,12 @@ than a guess.
 from __future__ import annotations
 
 import re
-from typing import Optional
+import sys
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
 
 TERA = 1e12
 
@@ -30,20 +35,22 @@ PEAK_BF16_FLOPS: dict[str, float] = {
     # "TPU v6e" (Trillium) page: "Peak compute per chip (bf16) 918 TFLOPs"
     # (https://docs.cloud.google.com/tpu/docs/v6e).
     "tpu_v6e": 918 * TERA,
-    # NVIDIA's A100 datasheet was not among the stored sources we could search. 312
-    # TFLOPS dense BF16/FP16 tensor-core is the figure NVIDIA gives at launch, as
-    # reported by third parties (e.g. https://fudzilla.com./news/ai/50832 and the
-    # gpu_catalog of huggingface.co/RajBhope/gpu-runtime-predictor, fp16 312);
-    # the same for SXM4 and PCIe, 40 and 80 GB.
+    # NVIDIA A100 datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf):
+    # "BFLOAT16 Tensor Core 312 TFLOPS | 624 TFLOPS*", * = with sparsity; 312
+    # dense, the same for SXM4 and PCIe, 40 and 80 GB. The datasheet is not among
+    # our stored sources: figures as tabulated from it (dense 312, sparse 624) at
+    # https://glennklockwood.com/garden/processors/A100.
     "a100": 312 * TERA,
-    # NVIDIA's H100 datasheet was not among the stored sources (its headline 1,979
-    # TFLOPS BF16 is with sparsity). 989.4 TFLOPS dense BF16 matrix for H100 SXM5
-    # from https://glennklockwood.com/garden/processors/h100 (citing NVIDIA's
-    # Hopper architecture whitepaper).
+    # NVIDIA H100 datasheet, SXM column: "BFLOAT16 Tensor Core 1,979 TFLOPS*", *
+    # "Shown with sparsity. Specifications 1/2 lower without sparsity" (table as
+    # reproduced at https://archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html);
+    # 989.4 TFLOPS dense BF16 matrix from NVIDIA's Hopper whitepaper, as tabulated
+    # (dense 989.4, sparse 1978.9) at glennklockwood.com/garden/processors/h100.
     "h100_sxm": 989.4 * TERA,
     # NVIDIA's H200 datasheet was not among the stored sources. Same GH100 compute
     # as H100 SXM, "FP16 / BF16 (dense) ~989 TFLOPS" for H200 SXM per
-    # https://itkb.uw.cz/2026/06/nvidia-h200-vs-b300-precisions-cores.html.
+    # https://itkb.uw.cz/2026/06/nvidia-h200-vs-b300-precisions-cores.html (its
+    # 1,979 TFLOPS headline, like the H100's, is with sparsity).
     "h200_sxm": 989.4 * TERA,
 }
 
@@ -65,6 +72,14 @@ _KINDS: tuple[tuple[str, Optional[str]], ...] = (
 )
 
 
+def _table_key(device_kind: str) -> Optional[str]:
+  kind = device_kind.strip().lower()
+  for pattern, key in _KINDS:
+    if re.search(pattern, kind):
+      return key
+  return None
+
+
 def peak_flops(device_kind: str) -> Optional[float]:
   """Dense bf16 peak FLOP/s of one chip of `device_kind`, or None if unknown.
 
@@ -75,11 +90,30 @@ def peak_flops(device_kind: str) -> Optional[float]:
   Returns:
     FLOP/s per chip, or None.
   """
-  kind = device_kind.strip().lower()
-  for pattern, key in _KINDS:
-    if re.search(pattern, kind):
-      return None if key is None else PEAK_BF16_FLOPS[key]
-  return None
+  key = _table_key(device_kind)
+  return None if key is None else PEAK_BF16_FLOPS[key]
+
+
+# TensorCores per chip of the table's multi-core TPUs. JAX shows a v4 or v5p chip as
+# one device (megacore, `num_cores` 2) and a v3 chip as two (`num_cores` 1 each).
+_CORES_PER_CHIP = {"tpu_v3": 2, "tpu_v4": 2, "tpu_v5p": 2}
+
+
+def device_peak_flops(device: Any) -> Optional[float]:
+  """Dense bf16 peak FLOP/s of one JAX device, or None if unknown.
+
+  The chip's peak (`peak_flops`), shared by the devices of a chip where JAX shows
+  each TensorCore as a device (TPU v3; a v4 topology compiled without megacore).
+
+  Args:
+    device: a `jax.Device` (or anything with `device_kind` and, on TPUs,
+      `num_cores`).
+  """
+  key = _table_key(device.device_kind)
+  if key is None:
+    return None
+  cores = _CORES_PER_CHIP.get(key, 1)
+  return PEAK_BF16_FLOPS[key] * getattr(device, "num_cores", cores) / cores
 
 
 def mfu(flops_per_step: float, step_seconds: float, n_devices: int,
@@ -103,3 +137,33 @@ def mfu(flops_per_step: float, step_seconds: float, n_devices: int,
     raise ValueError(f"mfu needs step_seconds > 0, n_devices >= 1, peak > 0; got "
                      f"{step_seconds}, {n_devices}, {peak}")
   return flops_per_step / step_seconds / n_devices / peak
+
+
+def measured_matmul_flops(dtype: Any = jnp.float32, n: int = 2048,
+                          repeats: int = 5, device: Any = None) -> float:
+  """FLOP/s one device reaches on an n x n by n x n matmul (2 n^3 FLOPs), best of
+  `repeats` timed runs after a compile-and-warm-up run.
+
+  A practical peak where the table has none (CPUs): `train.peak_tflops` takes it,
+  and train/mfu is then utilization of what this device's matmul reaches, not of a
+  vendor's figure. `python -m jaxtrain.peak_flops` prints it in TFLOP/s.
+  """
+  device = device or jax.devices()[0]
+  a = jax.device_put(jnp.ones((n, n), dtype), device)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n**3 / best
+
+
+if __name__ == "__main__":
+  # The number alone on stdout: --config.train.peak_tflops=$(python -m ...).
+  _kind = jax.devices()[0].device_kind
+  print(f"{measured_matmul_flops() / TERA:.4g}")
+  print(f"(measured float32 matmul TFLOP/s of one '{_kind}' device; the table's "
+        f"dense bf16 peak: {(peak_flops(_kind) or 0) / TERA:g}, 0 = none)",
+        file=sys.stderr)

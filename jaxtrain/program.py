@@ -181,8 +181,13 @@ def make_jitted_steps(exp: Experiment, state: TrainState, shardings: Any):
                     in_shardings=(shardings, batch_sh), out_shardings=replicated)
   shapes = jax.eval_shape(lambda s, b, *t: _train_step(exp, *t)(s, b), state,
                           example_batch(exp), *teacher)[1]
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  init_sums = lambda: jax.device_put(step_lib.reset(zeros), replicated)  # noqa: E731
+
+  def init_sums():
+    # Built when called, not here: under a TPU topology's mesh (`jaxtrain compile`
+    # without the TPU) an array made now would be placed on a device that is absent.
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return jax.device_put(step_lib.reset(zeros), replicated)
+
   return train_fn, eval_fn, init_sums
 
 

@@ -27,7 +27,8 @@ from jaxtrain.errors import ConfigError
 # restore onto any layout), input plumbing and checkpoint cadence, and the
 # non-finite policy (a fault policy: with finite steps it never acts).
 FREE = ("train.log_every", "train.eval_every", "train.eval_batch_size",
-        "train.profile_steps", "train.steps_per_dispatch", "train.on_nonfinite",
+        "train.profile_steps", "train.steps_per_dispatch", "train.peak_tflops",
+        "train.on_nonfinite",
         "train.max_consecutive_skips", "data.num_workers", "data.prefetch",
         "data.data_dir", "mesh", "sharding", "checkpoint", "logging")
 # Changing these changes the learning rate the resumed steps use.

@@ -69,6 +69,8 @@ def test_data_parallel_figures_match_the_model_and_a_too_small_budget_exits_1(
   assert r["memory"]["aliased"] >= 2 * 4 * PARAMS  # state donated in place
   ratio = r["flops"] / (3 * FORWARD_FLOPS * 64 / 8)
   assert 0.7 < ratio < 1.3, ratio
+  assert r["peak_flops"] is None and r["step_seconds_at_half_mfu"] is None
+  assert "at 50% MFU      - (no peak FLOP/s known for 'cpu'" in out
   reduced = sum(b for op, dtype, _, b in r["collectives"]
                 if op == "all-reduce" and dtype == "f32")
   # Every gradient is all-reduced once, plus metric sums.
@@ -157,9 +159,21 @@ def test_v4_topology_compile_reports_tpu_memory_flops_and_all_reduce(tmp_path):
   assert expected <= r["memory"]["arguments"] <= 2 * expected
   ratio = r["flops"] / (3 * FORWARD_FLOPS * 64 / 4)
   assert 0.7 < ratio < 1.3, ratio
+  # One v4 device is one chip (megacore): 275 TFLOP/s dense bf16 (Cloud TPU docs).
+  assert r["peak_flops"] == 275e12
+  seconds = r["flops"] / (0.5 * 275e12)
+  assert r["step_seconds_at_half_mfu"] == pytest.approx(seconds)
+  assert (f"at 50% MFU      {seconds * 1e6:.4g} us per step on each chip: FLOPs per "
+          "device / (0.5 x 275 TFLOP/s dense bf16 peak)") in proc.stdout
   reduced = sum(b for op, _, _, b in r["collectives"] if op == "all-reduce")
   # Every gradient, reduced in float32 though the convolutions run in bfloat16
   # (jaxtrain.precision).
   assert {dtype for op, dtype, _, _ in r["collectives"] if op == "all-reduce"} == {
       "f32"}
   assert 4 * PARAMS <= reduced <= 4 * PARAMS + 4096
+
+
+@pytest.mark.parametrize("seconds,text", [(1.25, "1.25 s"), (0.08334, "83.34 ms"),
+                                          (8.334e-7, "0.8334 us")])
+def test_step_times_are_shown_in_the_unit_that_fits(seconds, text):
+  assert aot.fmt_seconds(seconds) == text

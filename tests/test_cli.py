@@ -30,6 +30,7 @@ BAD = [
     (["--config.train.num_epochs=-1.0"], "config.train.num_epochs"),
     (["--config.train.steps_per_dispatch=0"], "config.train.steps_per_dispatch"),
     (["--config.train.profile_steps=(5, 2)"], "config.train.profile_steps"),
+    (["--config.train.peak_tflops=-1.0"], "config.train.peak_tflops"),
     (["--config.optimizer.name=adamax_typo"], "config.optimizer.name"),
     (["--config.optimizer.learning_rate=-0.1"], "config.optimizer.learning_rate"),
     (["--config.optimizer.learning_rate=nan"], "config.optimizer.learning_rate"),

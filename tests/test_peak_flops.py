@@ -1,4 +1,6 @@
 """The peak-FLOP/s table's lookup from device kinds, and MFU."""
+import types
+
 import jax
 import pytest
 
@@ -25,6 +27,24 @@ def test_unknown_kinds_give_none(kind):
 
 def test_this_hosts_cpu_is_unknown():
   assert pf.peak_flops(jax.devices()[0].device_kind) is None
+
+
+@pytest.mark.parametrize("kind,num_cores,tflops", [
+    ("TPU v3", 1, 123 / 2),      # one device per TensorCore, two per chip
+    ("TPU v4", 2, 275),          # megacore: one device per chip
+    ("TPU v4", 1, 275 / 2),      # a v4 topology without megacore
+    ("TPU v5p", 2, 459), ("TPU v5 lite", 1, 197), ("TPU v6 lite", 1, 918),
+    ("NVIDIA H200", None, 989.4),  # CUDA devices have no num_cores
+])
+def test_device_peak_shares_a_chip_among_its_devices(kind, num_cores, tflops):
+  device = types.SimpleNamespace(device_kind=kind)
+  if num_cores is not None:
+    device.num_cores = num_cores
+  assert pf.device_peak_flops(device) == pytest.approx(tflops * 1e12)
+
+
+def test_device_peak_of_this_hosts_cpu_is_unknown():
+  assert pf.device_peak_flops(jax.devices()[0]) is None
 
 
 def test_mfu():

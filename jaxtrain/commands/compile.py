@@ -1,6 +1,7 @@
 """`jaxtrain compile`: the train step compiled for a TPU topology, without it.
 
-Prints memory per device against the chip's HBM, FLOPs and collectives
+Prints memory per device against the chip's HBM, FLOPs per step and the step time
+each chip would need at 50% MFU (`jaxtrain.peak_flops`), and collectives
 (`jaxtrain.aot`); exits 1 when the step does not fit.
 """
 from __future__ import annotations
