@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import struct
+import time
 
 
 def jsonl_rows(workdir):
@@ -52,10 +53,27 @@ def wandb_records(path):
   return out
 
 
-def wandb_logs(directory, run_id="*"):
-  """The offline transaction logs under DIRECTORY/wandb (of one run id)."""
-  return sorted(glob.glob(
+def wandb_logs(directory, run_id="*", timeout=60.0):
+  """The offline transaction logs under DIRECTORY/wandb (of one run id), each
+  complete. `wandb.finish()` returns before W&B's service process has written
+  the log (seen: an empty file right after `finish`, all records 3 s later), so
+  wait until each log ends with its `exit` record."""
+  paths = sorted(glob.glob(
       f"{directory}/wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
+  deadline = time.monotonic() + timeout
+  for path in paths:
+    while not _ends_with_exit(path):
+      assert time.monotonic() < deadline, f"{path}: no exit record in {timeout} s"
+      time.sleep(0.1)
+  return paths
+
+
+def _ends_with_exit(path):
+  try:  # a log being written may end inside a record
+    records = wandb_records(path)
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return bool(records) and records[-1].WhichOneof("record_type") == "exit"
 
 
 def wandb_rows(directory, run_id):
