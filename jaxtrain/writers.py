@@ -12,6 +12,7 @@ it is listed (`RULES`, the `jaxtrain.unread_fields` rule).
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 import ml_collections
@@ -36,7 +37,7 @@ def default_config() -> ml_collections.ConfigDict:
           mode="",                        # "" | online | offline
       )),
       mlflow=ml_collections.ConfigDict(dict(
-          tracking_uri="",                # "": MLFLOW_TRACKING_URI or ./mlruns
+          tracking_uri="",                # "": MLFLOW_TRACKING_URI (one is needed)
           experiment="jaxtrain",
           name="",                        # the run's name ("": MLflow picks one)
       )),
@@ -95,6 +96,40 @@ def validate(section: ml_collections.ConfigDict) -> None:
   if not section.mlflow.experiment:
     raise ConfigError("logging.mlflow.experiment", "", "name the MLflow experiment "
                       "the run goes into (default 'jaxtrain')")
+  if "mlflow" in writers:
+    _check_mlflow_uri(section.mlflow.tracking_uri)
+
+
+def _mlflow_major() -> int:
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  for dist in ("mlflow", "mlflow-skinny"):
+    try:
+      return int(importlib.metadata.version(dist).split(".")[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+      continue
+  return 0
+
+
+def _check_mlflow_uri(uri: str) -> None:
+  """Refuses, before anything compiles, a tracking URI MLflow would refuse when
+  the tracker opens: none at all (MLflow 3's default, sqlite:///mlflow.db, needs
+  the full `mlflow` package), or a file store on MLflow 3 without its opt-in
+  (the file store is in maintenance mode there)."""
+  field = "logging.mlflow.tracking_uri" if uri else "MLFLOW_TRACKING_URI"
+  uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+  if not uri:
+    raise ConfigError("logging.mlflow.tracking_uri", "", "say where runs go: "
+                      "http://HOST:PORT (an MLflow server), databricks, "
+                      "sqlite:///PATH.db or file:///PATH (MLflow 3: with "
+                      "MLFLOW_ALLOW_FILE_STORE=true), or set MLFLOW_TRACKING_URI")
+  # A path or file: URI is a file store; databricks[://profile] and servers are not.
+  is_file = uri.startswith("file:") or (
+      "://" not in uri and not uri.startswith("databricks"))
+  if (is_file and _mlflow_major() >= 3
+      and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true"):
+    raise ConfigError(field, uri, "MLflow 3 refuses a file "
+                      "store unless MLFLOW_ALLOW_FILE_STORE=true is set; set it, or "
+                      "use a server or database URI")
 
 
 def _check_str(field: str, value: Any) -> None:

@@ -178,3 +178,30 @@ def test_a_missing_tracker_package_is_refused_at_validation(monkeypatch):
                       lambda name, *a: None if name == "mlflow" else real(name, *a))
   message = _logging_error(writers=("jsonl", "mlflow"))
   assert "pip install 'jaxtrain[mlflow]'" in message
+
+
+def test_mlflow_without_a_tracking_uri_is_refused(monkeypatch):
+  pytest.importorskip("mlflow")
+  monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+  message = _logging_error(writers=("jsonl", "mlflow"))
+  assert message.startswith("config.logging.mlflow.tracking_uri='': ")
+  assert "MLFLOW_TRACKING_URI" in message
+
+
+@pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "./mlruns"])
+def test_an_mlflow_3_file_store_without_its_opt_in_is_refused(monkeypatch, uri):
+  pytest.importorskip("mlflow")
+  from jaxtrain import writers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(writers, "_mlflow_major", lambda: 3)
+  monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+  message = _logging_error(writers=("jsonl", "mlflow"), mlflow__tracking_uri=uri)
+  assert message.startswith(f"config.logging.mlflow.tracking_uri={uri!r}: ")
+  assert "MLFLOW_ALLOW_FILE_STORE=true" in message
+  monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+  from jaxtrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.logging.writers, c.logging.mlflow.tracking_uri = ("jsonl", "mlflow"), uri
+  config_lib.validate(c)  # accepted with the opt-in
+  c.logging.mlflow.tracking_uri = "http://127.0.0.1:5000"
+  monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+  config_lib.validate(c)  # a server needs none
