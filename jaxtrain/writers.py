@@ -22,7 +22,7 @@ from jaxtrain.errors import ConfigError
 from jaxtrain.optim.unread_fields import Rule, get
 
 WRITERS = ("jsonl", "tensorboard", "wandb", "mlflow")
-TRACKERS = {"wandb": "wandb", "mlflow": "mlflow.tracking"}  # writer -> module
+TRACKERS = {"wandb": "wandb", "mlflow": "mlflow"}  # writer -> its package
 WANDB_MODES = ("", "online", "offline")  # "": WANDB_MODE or W&B's default
 
 
@@ -80,24 +80,31 @@ def validate(section: ml_collections.ConfigDict) -> None:
     raise ConfigError("logging.writers", writers, "metrics.jsonl cannot be turned "
                       "off: resuming, the run summary, jaxtrain report and sweeps "
                       "read it; keep 'jsonl' in logging.writers")
-  for writer, module in TRACKERS.items():
-    if writer in writers and importlib.util.find_spec(module.split(".")[0]) is None:
+  for writer, package in TRACKERS.items():
+    if writer in writers and importlib.util.find_spec(package) is None:
       raise ConfigError("logging.writers", writers, f"{writer!r} needs the "
-                        f"{module.split('.')[0]} package: pip install "
-                        f"'jaxtrain[{writer}]'")
+                        f"{package} package: pip install 'jaxtrain[{writer}]'")
+  _check_wandb(section.wandb)
+  _check_mlflow(section.mlflow, "mlflow" in writers)
+
+
+def _check_wandb(wandb: ml_collections.ConfigDict) -> None:
   for field in ("project", "entity", "name", "mode"):
-    _check_str(f"logging.wandb.{field}", section.wandb[field])
-  check_choice("logging.wandb.mode", section.wandb.mode, WANDB_MODES)
-  tags = section.wandb.tags
+    _check_str(f"logging.wandb.{field}", wandb[field])
+  check_choice("logging.wandb.mode", wandb.mode, WANDB_MODES)
+  tags = wandb.tags
   if not isinstance(tags, (tuple, list)) or not all(isinstance(t, str) for t in tags):
     raise ConfigError("logging.wandb.tags", tags, "use a tuple of strings")
+
+
+def _check_mlflow(mlflow: ml_collections.ConfigDict, listed: bool) -> None:
   for field in ("tracking_uri", "experiment", "name"):
-    _check_str(f"logging.mlflow.{field}", section.mlflow[field])
-  if not section.mlflow.experiment:
+    _check_str(f"logging.mlflow.{field}", mlflow[field])
+  if not mlflow.experiment:
     raise ConfigError("logging.mlflow.experiment", "", "name the MLflow experiment "
                       "the run goes into (default 'jaxtrain')")
-  if "mlflow" in writers:
-    _check_mlflow_uri(section.mlflow.tracking_uri)
+  if listed:
+    _check_mlflow_uri(mlflow.tracking_uri)
 
 
 def _mlflow_major() -> int:
