@@ -7,6 +7,7 @@
   rerun       what a re-run may reuse of the stored results
   targets     target parsing, steps-to-target, best trial per cell
   report      `jaxtrain report`: Markdown summary and scaling regimes
+  critical_batch  measured knee vs the noise scale's predicted critical batch
   plots       steps-to-target, best LR, learning curves, LR range test (PNG)
   lr_find     `jaxtrain lr-find`: the learning-rate range test
 

@@ -60,8 +60,17 @@ def _save(fig: Figure, path: PathLike) -> str:
   return str(path)
 
 
-def steps_to_target(records: Sequence[Record], path: PathLike, target: str = "") -> str:
-  """Log-log steps-to-target vs batch size, with perfect-scaling lines."""
+def steps_to_target(records: Sequence[Record], path: PathLike, target: str = "",
+                    critical: Mapping[str, Any] | None = None) -> str:
+  """Log-log steps-to-target vs batch size, with perfect-scaling lines and, given
+  `critical` (`critical_batch.critical_batches`), each optimizer's measured knee
+  and predicted critical batch."""
+  return _save(steps_to_target_figure(records, target, critical), path)
+
+
+def steps_to_target_figure(records: Sequence[Record], target: str = "",
+                           critical: Mapping[str, Any] | None = None) -> Figure:
+  """The figure `steps_to_target` saves."""
   fig = Figure(figsize=(6.4, 4.6))
   ax = fig.subplots()
   lowest = float("inf")
@@ -76,6 +85,8 @@ def steps_to_target(records: Sequence[Record], path: PathLike, target: str = "")
     # Perfect scaling: doubling the batch halves the steps (Shallue et al. 2018).
     ax.plot(sizes, [steps[0] * sizes[0] / b for b in sizes], "--", color=color,
             alpha=0.5, linewidth=1)
+    if critical and opt in critical:
+      _critical_marks(ax, opt, critical[opt], color)
   _batch_axis(ax, records)
   ax.set_yscale("log")
   if lowest < float("inf"):  # Keep the measured points, not the ideal lines, in view.
@@ -84,8 +95,29 @@ def steps_to_target(records: Sequence[Record], path: PathLike, target: str = "")
   ax.set_title((f"Steps to {target}" if target else "Steps to target")
                + "\n(dashed: perfect scaling from the smallest batch size)")
   ax.grid(True, which="both", alpha=0.3)
-  _legend(ax)
-  return _save(fig, path)
+  _legend(ax, fontsize=7)
+  return fig
+
+
+def _critical_marks(ax, opt: str, crit: Any, color: str) -> None:
+  """The measured knee (dash-dot line) and the predicted critical batch (dotted
+  lines at the early and at-target noise scales, shaded between)."""
+  if crit.knee is not None:
+    ax.axvline(crit.knee, color=color, linestyle="-.", linewidth=1.2,
+               label=f"{opt}: knee (efficiency 0.5) {crit.knee:.0f}")
+  predicted = [v for v in (crit.predicted_early, crit.predicted_at_target)
+               if v is not None]
+  if not predicted:
+    return
+  early, at_target = crit.predicted_early, crit.predicted_at_target
+  label = f"{opt}: noise scale " + ", ".join(
+      f"{name} {v:.0f}" for name, v in (("early", early), ("at target", at_target))
+      if v is not None)
+  for j, v in enumerate(predicted):
+    ax.axvline(v, color=color, linestyle=":", linewidth=1.5,
+               label=label if j == 0 else None)
+  if len(predicted) == 2:
+    ax.axvspan(min(predicted), max(predicted), color=color, alpha=0.08)
 
 
 def best_learning_rate(records: Sequence[Record], path: PathLike) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from etils import epath
 
-from jaxtrain.study import plots, results, targets
+from jaxtrain.study import critical_batch, plots, results, targets
 
 PERFECT_EFFICIENCY = 0.7
 FLAT_GAIN = 0.1
@@ -153,7 +153,38 @@ def markdown(header: Mapping[str, Any], records: Sequence[Record]) -> str:
             "regime goes on past it, or ends before it, untested.", ""]
   for opt, reg in scaling_regimes(rows).items():
     lines.append(_regime_line(opt, reg))
+  lines += _critical_lines(critical_batch.critical_batches(records, rows), rows)
   return "\n".join(lines) + "\n"
+
+
+def _critical_lines(crit: Mapping[str, critical_batch.CriticalBatch],
+                    rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The critical-batch table: measured knee beside the noise-scale prediction."""
+  lines = ["", "## Critical batch size", "",
+           "Measured knee: the batch size where the efficiency falls through "
+           f"{critical_batch.KNEE_EFFICIENCY} (interpolated in log2 batch size): "
+           "McCandlish et al. 2018 (arXiv 1812.06162, eq. 2.11) put the critical "
+           "batch B_crit = E_min / S_min where a run needs twice the minimum "
+           "examples. Predicted: the gradient noise scale B_simple "
+           f"(`{critical_batch.NOISE_SCALE_KEY}`), median over the best trials of its "
+           "first logged value (early) and of its value at the step the target was "
+           "reached.", "",
+           "| optimizer | measured knee | predicted early | predicted at target | "
+           "knee / predicted at target |", "|---|---:|---:|---:|---:|"]
+  for opt, c in crit.items():
+    sizes = [r["batch_size"] for r in rows
+             if r["optimizer"] == opt and r["efficiency"] is not None]
+    knee = (_fmt(c.knee, ".0f") if c.knee is not None or not sizes
+            else f"> {sizes[-1]} (efficiency >= {critical_batch.KNEE_EFFICIENCY} "
+            "throughout)")
+    ratio = (c.knee / c.predicted_at_target
+             if c.knee is not None and c.predicted_at_target else None)
+    lines.append(f"| {opt} | {knee} | {_fmt(c.predicted_early, '.0f')} | "
+                 f"{_fmt(c.predicted_at_target, '.0f')} | {_fmt(ratio, '.2f')} |")
+  if all(c.predicted_early is None for c in crit.values()):
+    lines += ["", f"No trial logged `{critical_batch.NOISE_SCALE_KEY}`: turn on "
+              "`train.diagnostics` in the study's experiment for the prediction."]
+  return lines
 
 
 def write(workdir: str) -> str:
@@ -165,7 +196,8 @@ def write(workdir: str) -> str:
     raise FileNotFoundError(f"no trials in {root / results.RESULTS_JSON}"
                             "; run `jaxtrain sweep --workdir` there first")
   target = header.get("target", "")
-  plots.steps_to_target(records, root / "steps_to_target.png", target)
+  critical = critical_batch.critical_batches(records, summary_rows(records))
+  plots.steps_to_target(records, root / "steps_to_target.png", target, critical)
   plots.best_learning_rate(records, root / "best_learning_rate.png")
   parsed = targets.parse(target) if target else None
   plots.learning_curves(records, root / "learning_curves.png",
