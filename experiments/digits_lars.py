@@ -18,4 +18,5 @@ def get_config(arg=None):
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 1e-4
   c.optimizer.trust_coefficient = 0.001
+  c.train.diagnostics = True  # update norms and LARS trust ratios (README)
   return c

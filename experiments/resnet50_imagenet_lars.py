@@ -93,6 +93,7 @@ def get_config(arg=None):
   c.loss.label_smoothing = 0.1
   c.train.log_every = 50
   c.train.eval_every = 157
+  c.train.diagnostics = True  # update norms and LARS trust ratios (README)
   c.precision.compute_dtype = "bfloat16"
   c.checkpoint.every = 500
   if runlocal:

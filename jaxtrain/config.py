@@ -95,6 +95,8 @@ def _train_section() -> ml_collections.ConfigDict:
       # ((from_step, image_size, batch_size), ...): progressive resizing / growing
       # batches; the first from step 0; 0 keeps the transforms' size / batch_size.
       stages=(),
+      diagnostics=False,       # per-step update norms/ratios, trust ratios, noise
+                               # scale as train/... (jaxtrain.step_diagnostics)
       ema_decay=0.0,           # > 0: EMA of params + BN stats, evaluated as eval_ema/
       ema_warmup_power=0.0,    # > 0: decay min(1 - (1 + (t-1)/gamma)^-power, decay)
       ema_warmup_gamma=1.0,    #      (timm ModelEmaV3 warmup); 0: constant decay
@@ -421,6 +423,10 @@ def _check_train(train) -> None:
     raise ConfigError("train.peak_tflops", train.peak_tflops,
                       "use the peak TFLOP/s of one device (> 0), or 0 for the device "
                       "kind's dense bf16 peak (jaxtrain.peak_flops)")
+  if not isinstance(train.diagnostics, bool):
+    raise ConfigError("train.diagnostics", train.diagnostics,
+                      "use True (log update norms, trust ratios and the gradient "
+                      "noise scale each step) or False")
   profile = tuple(train.profile_steps)
   if (len(profile) != 2 or not all(isinstance(s, int) and s >= 0 for s in profile)
       or (profile != (0, 0) and profile[1] <= profile[0])):

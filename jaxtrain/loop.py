@@ -35,6 +35,7 @@ from jaxtrain import ema as ema_lib
 from jaxtrain import flops_meter
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import step as step_lib
+from jaxtrain import step_diagnostics
 from jaxtrain.data import pipeline
 from jaxtrain.evaluate import evaluate
 
@@ -368,6 +369,7 @@ class Loop:
     self._check_nonfinite(fetched, step)
     window = {k: v for k, v in fetched.items() if k in _LOGGED}
     values = metrics_lib.averages(window, "train")
+    values.update(step_diagnostics.averages(fetched))  # train.diagnostics
     rate = (step - last) / elapsed
     values["train/learning_rate"] = float(self.exp.lr_schedule(step - 1))
     values["train/steps_per_sec"] = rate

@@ -18,10 +18,13 @@ replica's.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import math
+from typing import Any, Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 
 def _sq_norm(tree: Any) -> jax.Array:
@@ -182,3 +185,64 @@ def stacked_sq_norms(per_replica_grads: Any) -> tuple[jax.Array, jax.Array]:
   mean_grad = jax.tree.map(lambda g: jnp.mean(g.astype(jnp.float32), axis=0),
                            per_replica_grads)
   return jnp.mean(per_replica), _sq_norm(mean_grad)
+
+
+def per_replica_gradients(loss_fn: Callable[..., tuple[jax.Array, Any]], params: Any,
+                          batch: dict[str, jax.Array], rng: jax.Array,
+                          axes: tuple[str, ...]
+                          ) -> tuple[Any, Any, tuple[jax.Array, jax.Array, int, int]]:
+  """The all-reduced gradient and the two squared norms, in one backward pass.
+
+  Data parallelism's own computation, spelled out with `jax.shard_map` over the
+  batch axes of the active mesh (the others stay automatic): each replica
+  differentiates the mean loss of its own examples, with respect to parameters
+  cast to vary over the replicas (`jax.lax.pcast`, so the gradient is this
+  replica's, not already summed), takes its squared norm, and the gradients'
+  mean over replicas is the all-reduce. The replicas' examples must not depend
+  on one another (no cross-replica batch statistics: `DistributedBatchNorm`
+  refuses to run here); the model's logical constraints apply to the other axes.
+
+  Args:
+    loss_fn: ``(params, batch, rng) -> (mean loss, aux)``, every leaf of aux per
+      example (batch-leading).
+    params: the parameters (replicated over `axes`).
+    batch: the global batch, sharded over `axes`.
+    rng: replica r uses ``fold_in(rng, r)``.
+    axes: the mesh axes the batch is split over (> 1 replica in all).
+
+  Returns:
+    (mean gradient, aux of the whole batch, (|G_small|^2 averaged over replicas,
+    |G_big|^2, b_small, b_big)) for `update`.
+  """
+  size = jax.tree.leaves(batch)[0].shape[0]
+  mesh = jax.sharding.get_abstract_mesh()
+  replicas = math.prod(mesh.shape[a] for a in axes)
+
+  # Inside, the batch axes are manual: the model's logical constraints name the
+  # automatic axes only.
+  rules = _without_axes(nn.get_logical_axis_rules(), axes)
+
+  def replica(params, batch, rng):
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axes))
+    own = jax.lax.pcast(params, axes, to="varying")
+    with nn.logical_axis_rules(rules):
+      grads, aux = jax.grad(loss_fn, has_aux=True)(own, batch, rng)
+    small = jax.lax.pmean(_sq_norm(grads), axes)
+    grads = jax.lax.pmean(grads, axes)
+    return grads, aux, small, _sq_norm(grads)
+
+  spec = P(axes)
+  grads, aux, small, big = jax.shard_map(
+      replica, in_specs=(P(), spec, P()), out_specs=(P(), spec, P(), P()),
+      axis_names=set(axes))(params, batch, rng)
+  return grads, aux, (small, big, size // replicas, size)
+
+
+def _without_axes(rules: Any, axes: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+  """Logical axis rules with the mesh axes `axes` taken out of every target."""
+  out = []
+  for name, target in rules:
+    kept = tuple(a for a in ((target,) if isinstance(target, str) else target or ())
+                 if a not in axes)
+    out.append((name, kept[0] if len(kept) == 1 else (kept or None)))
+  return tuple(out)

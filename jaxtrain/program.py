@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxtrain import ema as ema_lib
 from jaxtrain import loop as loop_lib
 from jaxtrain import losses, step as step_lib
+from jaxtrain import step_diagnostics as step_diag
 from jaxtrain import teacher as teacher_lib
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
@@ -43,6 +44,8 @@ class Program:
     teacher_args: () or (teacher variables,): the extra arguments of the train
       and block functions (restored arrays, or abstract with `abstract=True`).
     ema: the EMA setting (None without `train.ema_decay`).
+    notes: what `train.diagnostics` cannot measure in this program, and why
+      (`step_diagnostics`); a run prints them once.
   """
   mesh: jax.sharding.Mesh
   state: TrainState | None
@@ -55,6 +58,7 @@ class Program:
   example_batch: dict[str, jax.ShapeDtypeStruct]
   teacher_args: tuple[Any, ...]
   ema: ema_lib.EmaConfig | None
+  notes: tuple[str, ...] = ()
 
   def functions(self) -> loop_lib.Functions:
     """The jitted pieces `loop.Loop` drives."""
@@ -73,6 +77,8 @@ def compile_program(exp: Experiment, abstract: bool = False) -> Program:
       or reading anything (`jaxtrain compile`); `Program.state` is then None.
   """
   state, abstract_state, shardings = _state(exp, abstract)
+  state, abstract_state, shardings, notes = _with_noise_scale(
+      exp, state, abstract_state, shardings)
   teacher: tuple[Any, ...] = ()
   if exp.teacher is not None:
     teacher = ((exp.teacher.variables,) if abstract else
@@ -81,7 +87,7 @@ def compile_program(exp: Experiment, abstract: bool = False) -> Program:
     train_fn, eval_fn, init_sums = make_jitted_steps(exp, abstract_state, shardings)
   return Program(exp.mesh, state, abstract_state, shardings, train_fn,
                  make_jitted_block(exp, shardings), eval_fn, init_sums,
-                 example_batch(exp), teacher, exp.ema)
+                 example_batch(exp), teacher, exp.ema, notes)
 
 
 def initial_state(exp: Experiment) -> tuple[TrainState, Any]:
@@ -106,6 +112,27 @@ def _state(exp: Experiment, abstract: bool) -> tuple[TrainState | None, TrainSta
     if state is not None:
       state = jax.jit(ema_lib.init, out_shardings=shardings)(state)
   return state, abstract_state, shardings
+
+
+def _with_noise_scale(exp: Experiment, state: TrainState | None,
+                      abstract_state: TrainState, shardings: Any):
+  """(state, abstract state, shardings, notes): with `train.diagnostics`, the state
+  gets noise-scale averages where the program can measure the scale; the notes
+  say what diagnostics cannot measure here."""
+  settings = step_diag.Settings.from_config(exp.config)
+  if settings is None:
+    return state, abstract_state, shardings, ()
+  why = step_diag.noise_scale_note(step_diag.replicas(exp.mesh.abstract_mesh),
+                                   abstract_state.model_state)
+  if why is not None:
+    return state, abstract_state, shardings, settings.notes + (why,)
+  shardings = step_diag.noise_scale_shardings(shardings,
+                                              sharding.replicated(exp.mesh))
+  abstract_state = sharding.abstract(
+      jax.eval_shape(step_diag.init_noise_scale, abstract_state), shardings)
+  if state is not None:
+    state = jax.jit(step_diag.init_noise_scale, out_shardings=shardings)(state)
+  return state, abstract_state, shardings, settings.notes
 
 
 def example_batch(exp: Experiment, rows: dict[str, Any] | None = None
@@ -137,7 +164,9 @@ def _train_step(exp: Experiment, teacher_variables: Any = None
                                         loss=losses.from_config(exp.config),
                                         teacher_fn=teacher_fn,
                                         weight_grad_dtype=exp.config.precision
-                                        .weight_grad_dtype)
+                                        .weight_grad_dtype,
+                                        diagnostics=step_diag.Settings.from_config(
+                                            exp.config))
   if exp.ema is None:
     return train_step
 

@@ -392,6 +392,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       data_iter = pipeline.train_iterator(exp.train_source, exp.config.train.batch_size,
                                           exp.config.seed, plan=exp.plan)
       with _Services.open(exp, workdir, data_iter) as run:
+        for note in program.notes:  # what train.diagnostics cannot measure here
+          run.writer.message(note)
         with sharding.activate(exp.mesh, exp.config.sharding.rules):
           state, sums = _restore(exp, run.ckpt, program.state, program.init_sums(),
                                  run.host, run.writer, resume)

@@ -27,6 +27,8 @@ class TrainState:
       step k draws the same dropout masks as an uninterrupted run.
     ema: None, or the exponential moving average of the weights,
       {"params": ..., "model_state": ...} (`jaxtrain.ema`, `train.ema_decay`).
+    noise_scale: None, or the moving averages of the gradient noise scale's two
+      estimates (`jaxtrain.noise_scale.NoiseScaleState`, `train.diagnostics`).
   """
   step: jax.Array
   params: Any
@@ -34,6 +36,7 @@ class TrainState:
   opt_state: Any
   rng: jax.Array
   ema: Any = None
+  noise_scale: Any = None
 
 
 def init_functions(model: Any, tx: Any, input_shape: tuple[int, ...], seed: int):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtrain import losses, precision
+from jaxtrain import losses, noise_scale, precision, step_diagnostics
 from jaxtrain.losses import cross_entropy  # noqa: F401  (public: jaxtrain.cross_entropy)
 from jaxtrain.state import TrainState
 
@@ -67,7 +67,9 @@ def _apply(model: nn.Module, params, model_state, images, train: bool, rng):
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     loss: losses.Loss | None = None,
                     teacher_fn: TeacherFn | None = None,
-                    weight_grad_dtype: str = "float32") -> TrainStep:
+                    weight_grad_dtype: str = "float32",
+                    diagnostics: step_diagnostics.Settings | None = None
+                    ) -> TrainStep:
   """Builds the pure train step.
 
   An update whose loss or gradients are not finite is dropped inside the step:
@@ -91,6 +93,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     weight_grad_dtype: ``float32`` or ``compute``: how the layers of
       `jaxtrain.precision` form weight gradients under bfloat16 compute
       (`precision.weight_grads`).
+    diagnostics: what the step measures about its update (`train.diagnostics`,
+      `jaxtrain.step_diagnostics`); None: nothing, and the step is as without it.
+      A state with a ``noise_scale`` (`step_diagnostics.init_noise_scale`) takes
+      its gradient replica by replica (`noise_scale.per_replica_gradients`).
 
   Returns:
     ``step(state, batch) -> (state, metrics)``: one update and this step's metric
@@ -105,15 +111,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       batch = {**batch, losses.TEACHER_LOGITS:
                jax.lax.stop_gradient(teacher_fn(batch["image"]))}
 
-    def loss_fn(params):
+    def loss_fn(params, batch, rng):
       logits, model_state = _apply(model, params, state.model_state, batch["image"],
                                    True, rng)
       per_example = loss(logits, batch)
       return jnp.mean(per_example), (logits, per_example, model_state)
 
+    replica_norms = None
     with precision.weight_grads(weight_grad_dtype):
-      grads, (logits, per_example, model_state) = jax.grad(
-          loss_fn, has_aux=True)(state.params)
+      if diagnostics is None or state.noise_scale is None:
+        grads, (logits, per_example, model_state) = jax.grad(
+            loss_fn, has_aux=True)(state.params, batch, rng)
+      else:  # the same backward pass, per replica (noise scale)
+        grads, (logits, per_example, model_state), replica_norms = (
+            noise_scale.per_replica_gradients(loss_fn, state.params, batch, rng,
+                                              step_diagnostics.BATCH_AXES))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new, finite, leaf_ok = _update_if_finite(state, params, opt_state, model_state,
@@ -121,6 +133,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     metrics = _classification_sums(logits, batch["label"], per_example,
                                    jnp.ones_like(per_example))
     metrics.update(_nonfinite_metrics(finite, leaf_ok, state.step))
+    if diagnostics is not None:
+      new, measured = step_diagnostics.measure(diagnostics, state, new, grads,
+                                               updates, finite, replica_norms)
+      metrics.update(measured)
     return new, metrics
 
   return step

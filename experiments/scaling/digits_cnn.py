@@ -34,6 +34,7 @@ def get_config(arg=None):
                                           # decay tied to a budget
   c.train.eval_batch_size = 360  # the whole test split in one batch
   c.checkpoint.every = 0
+  c.train.diagnostics = True  # update norms, trust ratios, noise scale (README)
 
   s = study_defaults()
   s.batch_sizes = (8, 16, 32, 64, 128, 256, 512, 1024)

@@ -61,6 +61,7 @@ def get_config(arg=None):
   c.loss.label_smoothing = 0.1
   c.precision.compute_dtype = "bfloat16"
   c.checkpoint.every = 0
+  c.train.diagnostics = True  # update norms, trust ratios (README)
 
   s = study_defaults()
   s.batch_sizes = (1024, 2048, 4096, 8192, 16384, 32768, 65536)

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxtrain import losses
+from jaxtrain import losses, noise_scale, step_diagnostics
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import optim, runner, step as step_lib
 from jaxtrain import program as program_lib
@@ -206,6 +206,21 @@ def _init_states(model, tx, input_shape, seeds, hparams, shardings) -> TrainStat
                     opt_state=opt_state, rng=rng)
 
 
+def _with_noise_scale(exp: runner.Experiment, states: TrainState, shardings: Any
+                      ) -> tuple[TrainState, Any]:
+  """Stacked states (and shardings) with each trial's noise-scale averages, where
+  the group's program can measure the scale (`step_diagnostics.noise_scale_note`)."""
+  replicas = step_diagnostics.replicas(exp.mesh.abstract_mesh)
+  if step_diagnostics.noise_scale_note(replicas, states.model_state) is not None:
+    return states, shardings
+  size = states.step.shape[0]
+  replicated = sharding.replicated(exp.mesh)
+  averages = jax.tree.map(lambda x: jnp.zeros((size, *x.shape), x.dtype),
+                          noise_scale.init())
+  return (states.replace(noise_scale=jax.device_put(averages, replicated)),
+          step_diagnostics.noise_scale_shardings(shardings, replicated))
+
+
 def _eval_of_variables(model: nn.Module) -> Any:
   """`make_eval_step` on (params, model_state): one program for every optimizer."""
   eval_step = step_lib.make_eval_step(model)
@@ -266,9 +281,16 @@ class GroupProgram:
                                jnp.asarray([c.seed for c in configs], jnp.int32),
                                trial_hparams(configs), stacked)
     index = jnp.asarray([self.seeds.index(c.seed) for c in configs], jnp.int32)
+    diagnostics = step_diagnostics.Settings.from_config(exp.config)
+    decays = {optim_defaults.merged_section(c.optimizer).weight_decay for c in configs}
+    if diagnostics is not None and len(decays) > 1:  # LARS's ratio: one decay only
+      diagnostics = dataclasses.replace(diagnostics, trust_ratio="")
+    if diagnostics is not None:
+      self.states, stacked = _with_noise_scale(exp, self.states, stacked)
     train_step = step_lib.make_train_step(
         exp.model, tx, loss=losses.from_config(exp.config),
-        weight_grad_dtype=exp.config.precision.weight_grad_dtype)
+        weight_grad_dtype=exp.config.precision.weight_grad_dtype,
+        diagnostics=diagnostics)
     shared = len(self.seeds) == 1
 
     def one(state, total, batch):
@@ -333,6 +355,7 @@ class GroupProgram:
     for sums in self._per_trial(fetched):
       values = metrics_lib.averages({k: v for k, v in sums.items()
                                      if k in _TRAIN_KEYS}, "train")
+      values.update(step_diagnostics.averages(sums))  # train.diagnostics
       bad = int(sums["nonfinite_step"]) != int(step_lib.NO_STEP)
       values["train/nonfinite"] = float(bad)
       out.append(values)

@@ -1,0 +1,164 @@
+"""What the train step measures about its own update (`train.diagnostics`).
+
+With ``train.diagnostics = True`` every step, inside the jitted step, computes
+(`jaxtrain.update_stats`): the global and per-layer-group gradient, parameter and
+update norms and update/parameter ratios; for LARS and LAMB the trust ratio of
+every tensor (min / median / max, and the median per group); and, with more than
+one data-parallel replica, the gradient noise scale B_simple (`jaxtrain.noise_scale`,
+McCandlish et al. 2018, arXiv 1812.06162, app. A) from the per-replica and the
+all-reduced gradients. The values ride in the metric sums under ``diagnostics/``
+with a step count, so a log window reports their mean over its (finite) steps as
+``train/...`` (`averages`). The noise scale's moving averages live in the train
+state (``TrainState.noise_scale``), so checkpoints carry them and a resumed run
+continues them bit for bit.
+
+What cannot be measured exactly is not logged, and `notes` says why (printed
+once at the start of a run): LARS's trust ratio when a gradient stage (clipping,
+noise, L1/L2, freezing, accumulation) changes the gradient LARS receives; the
+noise scale with one replica (no second batch size) or with batch statistics
+(batch norm couples the replicas' gradients).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxtrain import noise_scale, update_stats
+from jaxtrain.optim import defaults as optim_defaults
+from jaxtrain.optim import masks
+from jaxtrain.parallel import mesh as mesh_lib
+
+PREFIX = "diagnostics/"
+STEPS = PREFIX + "steps"  # finite steps in the window: the divisor of the means
+BATCH_AXES = mesh_lib.BATCH_AXES  # the replicas: the mesh axes the batch is split over
+NOISE_SCALE_DECAY = 0.99  # EMA of the two estimates (about the last 100 steps)
+# Optimizer fields that change the gradient before LARS sees it.
+_GRADIENT_STAGES = ("l1", "l2", "grad_clip_norm", "grad_clip_value",
+                    "grad_noise_eta", "freeze")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the step measures (`from_config`).
+
+  Attributes:
+    trust_ratio: "lars", "lamb" or "" (none measured).
+    optimizer: the merged ``config.optimizer`` (the trust ratio's hyperparameters).
+    notes: what is not measured and why, one line each.
+  """
+  trust_ratio: str
+  optimizer: ml_collections.ConfigDict
+  notes: tuple[str, ...] = ()
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> Settings | None:
+    """None when ``train.diagnostics`` is off."""
+    if not config.train.get("diagnostics", False):
+      return None
+    opt = optim_defaults.merged_section(config.optimizer)
+    kind = opt.name if opt.name in ("lars", "lamb") else ""
+    notes = []
+    stages = [f for f in _GRADIENT_STAGES if opt[f]]
+    stages += ["accumulate_steps"] if opt.accumulate_steps > 1 else []
+    if kind == "lars" and stages:
+      notes.append(f"train/trust_ratio_* not logged: optimizer.{stages[0]} changes "
+                   "the gradient LARS receives, which the step does not see")
+      kind = ""
+    return cls(kind, opt, tuple(notes))
+
+
+def replicas(mesh: jax.sharding.AbstractMesh | None = None) -> int:
+  """Data-parallel replicas of the active (or given) mesh: the product of the
+  batch axes' sizes; 1 without a mesh."""
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  if mesh.empty:
+    return 1
+  return math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES if a in mesh.shape)
+
+
+def init_noise_scale(state: Any) -> Any:
+  """`state` with empty noise-scale averages (the step then measures the scale)."""
+  return state.replace(noise_scale=noise_scale.init())
+
+
+def noise_scale_shardings(state_shardings: Any, replicated: Any) -> Any:
+  """The TrainState's shardings with the noise-scale averages replicated."""
+  return state_shardings.replace(noise_scale=jax.tree.map(
+      lambda _: replicated, noise_scale.init()))
+
+
+def noise_scale_note(replicas: int, model_state: Any) -> str | None:
+  """Why the noise scale cannot be measured in this program, or None if it can."""
+  if replicas < 2:
+    return ("train/gradient_noise_scale not logged: it needs more than one "
+            "data-parallel replica (mesh.data x mesh.fsdp is 1), whose gradients give "
+            "the second batch size")
+  if jax.tree.leaves(model_state):
+    return ("train/gradient_noise_scale not logged: the model keeps batch statistics "
+            "(batch norm), which couple the replicas' gradients, so no replica has "
+            "a gradient of its own examples alone")
+  return None
+
+
+def _trust_ratios(s: Settings, grads: Any, params: Any, opt_state: Any
+                  ) -> dict[str, jax.Array]:
+  o = s.optimizer
+  decayed = masks.regex_mask(o.weight_decay_mask, default=masks.ndim_above_1)(params)
+  if s.trust_ratio == "lars":
+    ratios = update_stats.lars_trust_ratios(
+        grads, params, jax.tree.map(lambda d: not d, decayed),
+        trust_coefficient=o.trust_coefficient, weight_decay=o.weight_decay,
+        eps=max(o.eps, 0.0))
+  else:
+    adam = [x for x in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+            if isinstance(x, optax.ScaleByAdamState)][-1]
+    ratios = update_stats.lamb_trust_ratios(
+        adam, params, decayed, b1=o.b1, b2=o.b2,
+        eps=1e-6 if o.eps < 0 else o.eps, weight_decay=o.weight_decay)
+  return update_stats.trust_ratio_stats(ratios)
+
+
+def measure(s: Settings, state: Any, new: Any, grads: Any, updates: Any,
+            finite: jax.Array, replica_norms: tuple[jax.Array, jax.Array, int, int]
+            | None) -> tuple[Any, dict[str, jax.Array]]:
+  """This step's diagnostics as metric sums, and `new` with its noise-scale EMA.
+
+  Args:
+    s: the settings.
+    state, new: the train state before and after the step.
+    grads: the gradient the optimizer received; updates: what it returned.
+    finite: whether the step was applied (a skipped one adds nothing).
+    replica_norms: (mean per-replica |G|^2, |G|^2 of the mean, per-replica
+      batch, global batch) when the state has a noise scale, else None.
+  """
+  stats = update_stats.update_stats(grads, state.params, updates)
+  if s.trust_ratio:
+    stats.update(_trust_ratios(s, grads, state.params, new.opt_state))
+  if replica_norms is not None:
+    ns = noise_scale.update(state.noise_scale, *replica_norms, NOISE_SCALE_DECAY)
+    ns = jax.tree.map(lambda n, o: jnp.where(finite, n, o), ns, state.noise_scale)
+    new = new.replace(noise_scale=ns)
+    g2, trace = noise_scale.averages(ns, NOISE_SCALE_DECAY)
+    stats.update({"gradient_noise_scale": noise_scale.simple_noise_scale(ns),
+                  "true_grad_sq_norm": g2, "grad_covariance_trace": trace})
+  metrics = {PREFIX + k: jnp.where(finite, v, 0.0).astype(jnp.float32)
+             for k, v in stats.items()}
+  metrics[STEPS] = finite.astype(jnp.float32)
+  return new, metrics
+
+
+def averages(sums: dict[str, Any]) -> dict[str, float]:
+  """``train/<name>``: the mean of each diagnostic over the window's finite steps
+  (nothing when diagnostics are off or every step of the window was skipped)."""
+  steps = float(sums.get(STEPS, 0.0))
+  if not steps:
+    return {}
+  return {"train/" + k[len(PREFIX):]: float(v) / steps for k, v in sums.items()
+          if k.startswith(PREFIX) and k != STEPS}
