@@ -177,6 +177,16 @@ def no_learning_rate(momentum=0.9):
   return sgd_factory(0.1, momentum)
 
 
+def sign_descent(learning_rate):
+  import optax  # pylint: disable=g-import-not-at-top
+  return optax.sign_sgd(learning_rate)
+
+
+def python_if_momentum(learning_rate, momentum=0.9):
+  """Decides on momentum in Python: it cannot be a traced (vectorized) value."""
+  return sgd_factory(learning_rate, momentum if momentum > 0 else None)
+
+
 PLUGIN = [
     ("no_such_module_xyz:factory", [], "config.optimizer.name='no_such_module_xyz"),
     ("test_bad_inputs:no_such_factory", [], "has no attribute 'no_such_factory'"),
@@ -219,6 +229,10 @@ LR_FIND = [
     (["--num_steps=1"], "--num_steps=1"),
 ]
 SWEEP = [
+    (["--config.study.optimizers=('test_bad_inputs:sign_descent',)",
+      "--config.study.momentum=(0.5,)"], "config.study.momentum=0.5"),
+    (["--config.study.optimizers=('test_bad_inputs:python_if_momentum',)",
+      "--config.study.momentum=(0.5, 0.9)"], "config.study.momentum=(0.5, 0.9)"),
     (["--config.study.target=eval/top1 >= 0.5"], "config.study.target="),
     (["--config.study.batch_sizes=(64, 4096)"], "config.study.batch_sizes="),
     (["--config.study.seeds=(0, 100000000000000000000)"], "config.study.seeds="),

@@ -39,7 +39,8 @@ def register(name: str) -> Callable[[FactoryT], FactoryT]:
 
   The factory takes `learning_rate` (a schedule) and keyword arguments (from
   `config.optimizer.kwargs`) and returns an `optax.GradientTransformation`.
-  Loading the same experiment file again registers its factory again (replaced).
+  Loading an experiment file again, or another one registering the same name,
+  replaces a factory an experiment file registered; any other clash is refused.
 
   Example:
     >>> @register("my_sgd")
@@ -66,13 +67,24 @@ def register(name: str) -> Callable[[FactoryT], FactoryT]:
 
   def wrap(factory: FactoryT) -> FactoryT:
     old = _REGISTRY.get(name)
-    if old is not None and _where(old) != _where(factory):
+    if old is not None and _where(old) != _where(factory) and not _from_experiment(
+        old):
       raise ConfigError("optimizer.name", name, f"already registered by "
                         f"{_where(old)}; register {_where(factory)} under another "
                         "name")
     _REGISTRY[name] = factory
     return factory
   return wrap
+
+
+def _from_experiment(factory: Any) -> bool:
+  """Defined in an experiment file (`config.load_module`): loading another one
+  that registers the same name makes the newer definition current, as the file
+  the command runs."""
+  return getattr(factory, "__module__", "").startswith(_EXPERIMENT_MODULES)
+
+
+_EXPERIMENT_MODULES = "_jaxtrain_experiment_"  # config.load_module's module names
 
 
 def registered_names() -> list[str]:

@@ -184,13 +184,15 @@ def validate_study(study: ml_collections.ConfigDict,
       _fail(f"optimizer_configs.{label}", section, "use a section of optimizer fields")
     check_keys(section, optim.default_config(), f"study.optimizer_configs.{label}.",
                complete=False)
+  from jaxtrain.optim import plugins  # pylint: disable=g-import-not-at-top
   for label in study.optimizers:
     name = study.optimizer_configs[label].get("name", label) if (
         label in study.optimizer_configs) else label
-    if name not in optim.OPTIMIZERS:
+    if name not in optim.OPTIMIZERS and not plugins.is_plugin(name):
       _fail("optimizers", label, "not a key of study.optimizer_configs nor an "
             "optimizer name", choices=[*study.optimizer_configs.keys(),
-                                       *optim.OPTIMIZERS])
+                                       *optim.OPTIMIZERS,
+                                       *plugins.registered_names()])
   if study.lr_rule not in LR_RULES:
     _fail("lr_rule", study.lr_rule, "unknown rule", LR_RULES)
   if study.lr_grid_center not in GRID_CENTERS:
@@ -383,8 +385,8 @@ def _trial_config(experiment: ml_collections.ConfigDict,
   c.optimizer.schedule.warmup_steps = trial.warmup_steps
   c.optimizer.schedule.warmup_fraction = 0.0
   if trial.momentum is not None:
-    c.optimizer["b1" if section.name in _B1_OPTIMIZERS else "momentum"] = (
-        trial.momentum)
+    node, leaf = momentum_field(c.optimizer, trial.momentum)
+    node[leaf] = trial.momentum
   if trial.weight_decay is not None:
     c.optimizer.weight_decay = trial.weight_decay
   c.seed = trial.seed
@@ -395,9 +397,38 @@ def _trial_config(experiment: ml_collections.ConfigDict,
   return c
 
 
+def momentum_field(section: ml_collections.ConfigDict, momentum: Any = None
+                   ) -> tuple[ml_collections.ConfigDict, str]:
+  """(section node, field) that `study.momentum` sets for this optimizer: b1 of
+  Adam-style ones, momentum of the rest, a plug-in factory's `momentum` (else `b1`)
+  argument in `optimizer.kwargs`.
+
+  Args:
+    section: the trial's optimizer section.
+    momentum: the study's value, for the error message.
+
+  Raises:
+    ConfigError: (study.momentum) a plug-in factory that takes neither.
+  """
+  from jaxtrain.optim import plugins  # pylint: disable=g-import-not-at-top
+  if not plugins.is_plugin(section.name):
+    return section, "b1" if section.name in _B1_OPTIMIZERS else "momentum"
+  for arg in ("momentum", "b1"):
+    if plugins.accepts(section.name, arg):
+      return section.kwargs, arg
+  raise ConfigError("study.momentum", momentum, f"the plug-in optimizer "
+                    f"{section.name!r} ({plugins.describe(section.name)}) takes no "
+                    "momentum or b1 argument to vary; remove study.momentum or give "
+                    "the factory one")
+
+
 def group_key(trial: Trial) -> str:
-  """Trials with equal keys differ only in VECTOR_FIELDS."""
+  """Trials with equal keys differ only in VECTOR_FIELDS (and the momentum a
+  plug-in takes in optimizer.kwargs)."""
   c = copy.deepcopy(trial.config)
+  if trial.momentum is not None:
+    node, leaf = momentum_field(c.optimizer)
+    node[leaf] = 0.0
   for path in VECTOR_FIELDS:
     *parents, leaf = path.split(".")
     node = c

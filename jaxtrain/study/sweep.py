@@ -268,6 +268,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, devices=None,
   max_size = study.max_trials_per_group if study.vectorize else 1
   group_list = grid.groups(
       todo, max_size, lambda t: vectorized.supports_trial(t.config))
+  for group in group_list:  # a plug-in that cannot vary: refused before compiling
+    vectorized.check_group([t.config for t in group], group[0].num_steps)
   _watch(watcher, workdir)
   for i, group in enumerate(group_list):
     log(f"[{i + 1}/{len(group_list)}] {_describe(group)}")

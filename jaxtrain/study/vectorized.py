@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -38,7 +39,9 @@ from jaxtrain import program as program_lib
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
 from jaxtrain.optim import defaults as optim_defaults
+from jaxtrain.optim.build import plugin_optimizer
 from jaxtrain.optim import masks
+from jaxtrain.optim import plugins
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
 from jaxtrain import state as state_lib
@@ -81,7 +84,8 @@ def supports(opt_config: ml_collections.ConfigDict) -> bool:
   """Whether trials with this optimizer section can share a vectorized program."""
   c = optim_defaults.merged_section(opt_config)
   defaults = optim.default_config()
-  return (c.name in VECTOR_OPTIMIZERS and c.schedule.name in VECTOR_SCHEDULES
+  return ((c.name in VECTOR_OPTIMIZERS or plugins.is_plugin(c.name))
+          and c.schedule.name in VECTOR_SCHEDULES
           and c.accumulate_steps == 1
           and all(c[f] == defaults[f] for f in _OFF_FEATURES))
 
@@ -114,15 +118,20 @@ def traced_schedule(s: ml_collections.ConfigDict, count: jax.Array, peak: jax.Ar
 
 
 def hyper_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int,
-                    with_weight_decay: bool) -> optax.GradientTransformation:
+                    with_weight_decay: bool, injected: Sequence[str] = ()
+                    ) -> optax.GradientTransformation:
   """The `optim.build` chain with HPARAMS as per-trial optimizer state.
 
   Args:
     opt_config: an optimizer section that `supports` accepts.
     total_steps: the trials' number of steps (schedule length).
     with_weight_decay: include decoupled weight decay (some trial has wd > 0).
+    injected: a plug-in's `optimizer.kwargs` that differ between the trials
+      (`injected_kwargs`), held per trial like HPARAMS.
   """
   c = optim_defaults.merged_section(opt_config)
+  if plugins.is_plugin(c.name):
+    return _hyper_plugin(c, total_steps, with_weight_decay, injected)
   wd_mask = masks.regex_mask(c.weight_decay_mask, default=masks.ndim_above_1)
   mu_dtype = c.mu_dtype or None
   eps = lambda default: default if c.eps < 0 else c.eps  # noqa: E731
@@ -130,11 +139,7 @@ def hyper_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int,
   def factory(learning_rate, warmup_steps, momentum, b1, weight_decay):
     lr = functools.partial(_schedule_of_count, c.schedule, learning_rate,
                            warmup_steps, total_steps)
-    stages = []
-    if c.grad_clip_value:
-      stages.append(optax.clip(c.grad_clip_value))
-    if c.grad_clip_norm:
-      stages.append(optax.clip_by_global_norm(c.grad_clip_norm))
+    stages = _clip_stages(c)
     if c.name == "lars":
       def exclude(params):  # LARS skips what weight decay skips (optim.build)
         return jax.tree.map(lambda m: not m, wd_mask(params))
@@ -160,6 +165,94 @@ def hyper_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int,
       momentum=c.momentum, b1=c.b1, weight_decay=c.weight_decay)
 
 
+def _clip_stages(c: ml_collections.ConfigDict) -> list[optax.GradientTransformation]:
+  """The gradient clipping `optim.build` puts before the optimizer."""
+  stages = []
+  if c.grad_clip_value:
+    stages.append(optax.clip(c.grad_clip_value))
+  if c.grad_clip_norm:
+    stages.append(optax.clip_by_global_norm(c.grad_clip_norm))
+  return stages
+
+
+# Hyperparameter name of an injected plug-in argument: apart from HPARAMS, which a
+# factory's own arguments may share names with (weight_decay).
+_KWARG = "kwargs_"
+
+
+def _hyper_plugin(c: ml_collections.ConfigDict, total_steps: int,
+                  with_weight_decay: bool, injected: Sequence[str]
+                  ) -> optax.GradientTransformation:
+  """`build.plugin_optimizer` (after the clipping) with the learning rate, warmup,
+  weight decay and the `injected` factory arguments as optimizer state."""
+  wd_mask = masks.regex_mask(c.weight_decay_mask, default=masks.ndim_above_1)
+  static = {k: v for k, v in c.kwargs.to_dict().items() if k not in injected}
+
+  def factory(learning_rate, warmup_steps, weight_decay, **varied):
+    lr = functools.partial(_schedule_of_count, c.schedule, learning_rate,
+                           warmup_steps, total_steps)
+    kwargs = {**static, **{k[len(_KWARG):]: v for k, v in varied.items()}}
+    return optax.chain(*_clip_stages(c), plugin_optimizer(
+        c, lr, wd_mask, kwargs, weight_decay if with_weight_decay else None))
+
+  names = ("learning_rate", "warmup_steps", "weight_decay",
+           *(_KWARG + k for k in injected))
+  # inject_hyperparams reads the factory's signature for its hyperparameters.
+  factory.__signature__ = inspect.Signature(
+      [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in names])
+  return optax.inject_hyperparams(factory)(
+      learning_rate=c.learning_rate, warmup_steps=c.schedule.warmup_steps,
+      weight_decay=c.weight_decay, **{_KWARG + k: c.kwargs[k] for k in injected})
+
+
+def injected_kwargs(configs: Sequence[ml_collections.ConfigDict]) -> tuple[str, ...]:
+  """A plug-in's `optimizer.kwargs` whose values differ between the trials (the
+  momentum a study varies): they become per-trial optimizer state."""
+  sections = [optim_defaults.merged_section(c.optimizer) for c in configs]
+  if not plugins.is_plugin(sections[0].name):
+    return ()
+  first = sections[0].kwargs.to_dict()
+  return tuple(sorted(k for k in first if any(
+      s.kwargs.to_dict().get(k) != first[k] for s in sections[1:])))
+
+
+def check_group(configs: Sequence[ml_collections.ConfigDict],
+                total_steps: int) -> None:
+  """Refuses, before anything compiles, a vectorized group whose plug-in factory
+  cannot take its varied arguments as traced values (`jax.eval_shape` of the
+  trials' optimizer init and update, vmapped as the group runs them).
+
+  Raises:
+    ConfigError: naming study.momentum (the varied argument), or optimizer.name.
+  """
+  c = optim_defaults.merged_section(configs[0].optimizer)
+  if len(configs) < 2 or not plugins.is_plugin(c.name):
+    return
+  injected = injected_kwargs(configs)
+  tx = hyper_optimizer(configs[0].optimizer, total_steps, True, injected)
+  params = {"kernel": jax.ShapeDtypeStruct((2, 2), jnp.float32),
+            "bias": jax.ShapeDtypeStruct((2,), jnp.float32)}
+
+  def init_and_update(p, hparams):
+    return tx.update(p, _init_optimizer(tx, p, hparams), p)
+  try:
+    jax.eval_shape(jax.vmap(init_and_update, in_axes=(None, 0)), params,
+                   trial_hparams(configs))
+  except Exception as e:  # pylint: disable=broad-except
+    # plugins.make's ConfigError keeps the factory's own error as its context.
+    e = e.__context__ if isinstance(e, ConfigError) and e.__context__ else e
+    values = sorted({optim_defaults.merged_section(x.optimizer).kwargs.get(k)
+                     for x in configs for k in injected}, key=str)
+    raise ConfigError("study.momentum" if injected else "optimizer.name",
+                      tuple(values) if injected else c.name,
+                      f"the plug-in {c.name!r} cannot take "
+                      f"{', '.join(injected) or 'its learning rate'} as a traced "
+                      f"value under optax.inject_hyperparams ({type(e).__name__}: "
+                      f"{(str(e).splitlines() or [''])[0][:160]}); use it in jnp "
+                      "operations (no Python `if` on it), or set "
+                      "study.vectorize=False to run the trials one by one") from None
+
+
 def _schedule_of_count(s, peak, warmup, total_steps, count):
   return traced_schedule(s, count, peak, warmup, total_steps)
 
@@ -167,7 +260,9 @@ def _schedule_of_count(s, peak, warmup, total_steps, count):
 def trial_hparams(configs: Sequence[ml_collections.ConfigDict]) -> dict[str, Any]:
   """HPARAMS of each trial, stacked: {name: array (T,)}."""
   full = [optim_defaults.merged_section(c.optimizer) for c in configs]
-  return {"learning_rate": np.asarray([c.learning_rate for c in full], np.float32),
+  plugin_args = {_KWARG + k: np.asarray([c.kwargs[k] for c in full])
+                 for k in injected_kwargs(configs)}
+  return {**plugin_args, "learning_rate": np.asarray([c.learning_rate for c in full], np.float32),
           "warmup_steps": np.asarray([c.schedule.warmup_steps for c in full],
                                      np.int32),
           "momentum": np.asarray([c.momentum for c in full], np.float32),
@@ -275,7 +370,8 @@ class GroupProgram:
     _check_vectorizable(configs)
     shape = exp.train_source.image_shape
     has_wd = any(optim_defaults.merged_section(c.optimizer).weight_decay for c in configs)
-    tx = hyper_optimizer(configs[0].optimizer, exp.total_steps, has_wd)
+    tx = hyper_optimizer(configs[0].optimizer, exp.total_steps, has_wd,
+                         injected_kwargs(configs))
     stacked = _stacked_shardings(exp.model, tx, shape, exp.mesh, self.rules)
     self.states = _init_states(exp.model, tx, shape,
                                jnp.asarray([c.seed for c in configs], jnp.int32),

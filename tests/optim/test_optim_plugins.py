@@ -8,14 +8,18 @@ import json
 import os
 import textwrap
 
-import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from jaxtrain import cli, optim
+from jaxtrain import cli, optim, runner
+from jaxtrain import config as config_lib
+from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
+from jaxtrain.study import grid, vectorized
+from jaxtrain.study.grid import study_defaults
 
 PATH = "test_optim_plugins:heavy_ball"
 STEPS = 12
@@ -149,3 +153,112 @@ def test_optim_summary_shows_the_plugin_and_its_masks(tmp_path, capsys):
   rows = {line.split()[0]: line.split()[-4:] for line in out.splitlines()[2:-1]}
   assert rows["dense/kernel"] == ["yes", "-", "1", "-"]  # decayed, no trust ratio
   assert rows["dense/bias"] == ["-", "-", "1", "yes"]   # 1-D, frozen
+
+
+def _study(name):
+  """Momentum x weight decay x 2 learning rates of the plug-in at batch 32: one
+  vectorized group of 8 trials."""
+  c = config_lib.load(_write(EXPERIMENT.format(name="momentum", steps=STEPS)))
+  s = study_defaults()
+  s.batch_sizes, s.optimizers = (32,), ("hb",)
+  s.optimizer_configs = ml_collections.ConfigDict(
+      {"hb": {"name": name, "learning_rate": 0.05}})
+  s.lr_rule, s.lr_grid_center, s.lr_grid = "grid", "none", (1.0, 2.0)
+  s.momentum, s.weight_decay = (0.8, 0.9), (0.0, 1e-3)
+  s.target, s.eval_every, s.max_steps = "eval/accuracy >= 0.99", 4, 8
+  c.study = s
+  return c
+
+
+_FILES = []
+
+
+def _write(text):
+  import tempfile  # pylint: disable=g-import-not-at-top
+  f = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
+  f.write(text)
+  f.close()
+  _FILES.append(f.name)
+  return f.name
+
+
+def _vectorized_log(configs, steps, every):
+  group = vectorized.build_group(configs)
+  assert group.size == len(configs)
+  its = [pipeline.train_iterator(group.exp.train_source, 32, s) for s in group.seeds]
+  logs = [[] for _ in configs]
+  for step in range(1, steps + 1):
+    group.step([next(it) for it in its])
+    if step % every == 0:
+      for log, tr, ev in zip(logs, group.train_metrics(), group.evaluate()):
+        log.append({"step": step, **tr, **ev})
+  for it in its:
+    it.close()
+  return logs
+
+
+def test_vectorized_plugin_trials_equal_one_by_one_runs(tmp_path):
+  """Learning rate, the factory's momentum (optimizer.kwargs.momentum, injected)
+  and the decoupled weight decay differ inside one vectorized group."""
+  trials = grid.make_trials(_study(PATH), 1437)
+  assert [t.config.optimizer.kwargs.momentum for t in trials[:2]] == [0.8, 0.8]
+  groups = grid.groups(trials, 16, lambda t: vectorized.supports_trial(t.config))
+  assert len(groups) == 1 and len(groups[0]) == 8
+  configs = [t.config for t in trials]
+  assert vectorized.injected_kwargs(configs) == ("momentum",)
+  vec = _vectorized_log(configs, 8, 4)
+  # One-by-one: the last trial (lr 0.1, momentum 0.9, weight decay 1e-3).
+  i = len(trials) - 1
+  assert (trials[i].learning_rate, trials[i].momentum,
+          trials[i].weight_decay) == (0.1, 0.9, 1e-3)
+  runner.train(configs[i], str(tmp_path))
+  ref = _metrics(tmp_path)
+  assert [r["step"] for r in ref] == [r["step"] for r in vec[i]] == [4, 8]
+  for got, want in zip(vec[i], ref):
+    for key in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy"):
+      np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-5,
+                                 err_msg=f"step {got['step']} {key}")
+
+
+def test_sweep_lr_find_and_compile_take_a_registered_plugin(tmp_path, capsys):
+  study_file = tmp_path / "plugin_study.py"
+  study_file.write_text(REGISTERED + textwrap.dedent("""\
+      import ml_collections
+      from jaxtrain.config import base_config
+      from jaxtrain.study.grid import study_defaults
+
+
+      def get_config(arg=None):
+        c = base_config()
+        c.data.source = "arrays"
+        c.model.name, c.model.features, c.model.hidden = "cnn", (8,), 16
+        c.optimizer.name = "experiment_heavy_ball"
+        c.optimizer.schedule.name = "constant"
+        c.train.eval_batch_size = 360
+        c.checkpoint.every = 0
+        s = study_defaults()
+        s.batch_sizes, s.optimizers = (64,), ("experiment_heavy_ball",)
+        s.base_batch_size, s.lr_rule = 64, "linear"
+        s.momentum = (0.8, 0.9)
+        s.target, s.eval_every, s.max_steps = "eval/accuracy >= 0.99", 4, 8
+        c.study = s
+        return c
+      """))
+  code = cli.main(["sweep", f"--config={study_file}", f"--workdir={tmp_path / 's'}"])
+  out = capsys.readouterr().out
+  assert code == 0, out[-2000:]
+  with open(tmp_path / "s" / "results.json") as f:
+    records = json.load(f)["trials"]
+  assert sorted(r["momentum"] for r in records) == [0.8, 0.9]
+  assert {r["optimizer"] for r in records} == {"experiment_heavy_ball"}
+  code = cli.main(["lr-find", f"--config={study_file}", f"--workdir={tmp_path / 'l'}",
+                   "--num_steps=10", "--min_lr=1e-3", "--max_lr=1.0"])
+  out = capsys.readouterr().out
+  assert code == 0, out[-2000:]
+  assert "LR range test (experiment_heavy_ball, batch 128)" in out
+  experiment = _experiment(tmp_path, "experiment_heavy_ball", registered=True)
+  code = cli.main(["compile", f"--config={experiment}", "--topology=cpu:8",
+                   f"--json={tmp_path / 'c.json'}"])
+  assert code == 0, capsys.readouterr().err[-2000:]
+  report = json.loads((tmp_path / "c.json").read_text())
+  assert report["flops"] > 0 and report["fits"]
