@@ -4,6 +4,7 @@ The public API, loaded on first use (so `jaxtrain --help` and the CLI's signal
 handlers start before JAX is imported):
 
   Runs:        train, build, TrainResult, TrainingHalted
+  Evaluation:  evaluate_checkpoint, CheckpointEval (`jaxtrain eval`)
   Config:      base_config, load_config, apply_overrides, validate, ConfigError
   State/steps: TrainState, create_train_state, make_train_step, make_eval_step,
                cross_entropy, get_loss (and `jaxtrain.losses`)
@@ -32,6 +33,8 @@ _EXPORTS = {
     "DistributedBatchNorm": "jaxtrain.parallel.batchnorm",
     "get_model": "jaxtrain.models", "Checkpointer": "jaxtrain.checkpoint",
     "BatchPlan": "jaxtrain.data.batch_plan",
+    "evaluate_checkpoint": "jaxtrain.evaluate_checkpoint",
+    "CheckpointEval": "jaxtrain.evaluate_checkpoint",
 }
 _RENAMED = {"load_config": ("jaxtrain.config", "load")}
 
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
   from jaxtrain.config import load as load_config
   from jaxtrain.data.batch_plan import BatchPlan
   from jaxtrain.errors import ConfigError
+  from jaxtrain.evaluate_checkpoint import CheckpointEval, evaluate_checkpoint
   from jaxtrain.losses import get_loss
   from jaxtrain.loop import TrainingHalted
   from jaxtrain.models import get_model

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 # Plain argparse: building the parser imports no JAX (`jaxtrain --help` stays fast).
 from jaxtrain.commands import compile as compile_
+from jaxtrain.commands import eval as eval_
 from jaxtrain.commands import lr_find, optim_summary, report, sweep, train
 from jaxtrain.commands.flags import add_config_flag
 from jaxtrain.errors import ConfigError
@@ -60,6 +61,9 @@ def _commands() -> list[Command]:
   return [
       Command("train", "train (or resume) an experiment in --workdir",
               train.add_flags, train.handle, saves_on_signal=True),
+      Command("eval", "evaluate a checkpoint of a run in --workdir (any step, "
+              "split, EMA) without touching the run; writes eval_<step>.json",
+              eval_.add_flags, eval_.handle, description=eval_.DESCRIPTION),
       Command("compile", "compile the train step for a TPU topology without the "
               "hardware: memory per device vs HBM, FLOPs, collectives",
               compile_.add_flags, compile_.handle),
@@ -137,6 +141,7 @@ def _main(argv: Sequence[str] | None) -> int:
   try:
     load = command.load or load_config
     config = load(args.config, overrides) if command.takes_config else None
+    args.config_overrides = overrides  # recorded by commands that write results
     code = command.handle(args, config) or 0
     peers.farewell()  # on many hosts: this process ends on purpose
     if watcher.stopped_at is not None:  # saved, but not finished: 143 or 130

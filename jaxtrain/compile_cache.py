@@ -15,15 +15,23 @@ of a small model's programs).
 (``/jax/compilation_cache/cache_hits``, ``cache_misses``,
 ``compile_time_saved_sec``): a restarted run's log says how much compile time the
 cache saved.
+
+`for_run` is what every compiling command uses: it reads
+``train.compilation_cache_dir`` ("" = ``<workdir>/compile_cache``, a path as
+given, "off" = none) and scopes the cache to the run.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from typing import Any, Iterator
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
+
+from jaxtrain.config import COMPILATION_CACHE_OFF
+from jaxtrain.errors import ConfigError
 
 _OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
 _EVENTS = {"/jax/compilation_cache/cache_hits": "hits",
@@ -89,3 +97,50 @@ def scoped(directory: str, min_compile_seconds: float = 0.0) -> Iterator[CacheUs
     for name, value in previous.items():
       jax.config.update(name, value)
     compilation_cache.reset_cache()
+
+
+def directory_for(setting: str, workdir: str) -> str | None:
+  """The cache directory `train.compilation_cache_dir` = `setting` names for a run
+  in `workdir`; None when off.
+
+  "" puts it beside the checkpoints (``<workdir>/compile_cache``), also for an
+  object-store workdir (JAX's cache writes through etils' epath, as Orbax does).
+  """
+  if setting == COMPILATION_CACHE_OFF:
+    return None
+  if setting:
+    return setting
+  return (f"{workdir.rstrip('/')}/compile_cache" if "://" in workdir
+          else os.path.join(os.path.abspath(workdir), "compile_cache"))
+
+
+def _check_writable(directory: str) -> None:
+  """A local cache directory must be creatable: JAX only warns per program."""
+  if "://" in directory:
+    return
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    raise ConfigError("train.compilation_cache_dir", directory, f"cannot create "
+                      f"it ({e.strerror}); name a writable directory or 'off'"
+                      ) from None
+  if not os.access(directory, os.W_OK):
+    raise ConfigError("train.compilation_cache_dir", directory, "not writable; name "
+                      "a writable directory or 'off'")
+
+
+@contextlib.contextmanager
+def for_run(setting: str, workdir: str) -> Iterator[CacheUse | None]:
+  """`scoped` in the directory `setting` names (`directory_for`); yields None, and
+  leaves JAX's own setting alone, when the setting is "off".
+
+  Raises:
+    ConfigError: the directory cannot be created or written.
+  """
+  directory = directory_for(setting, workdir)
+  if directory is None:
+    yield None
+    return
+  _check_writable(directory)
+  with scoped(directory) as use:
+    yield use

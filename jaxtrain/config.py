@@ -92,6 +92,10 @@ def _train_section() -> ml_collections.ConfigDict:
       # Peak TFLOP/s per device for train/mfu; 0: the device kind's dense bf16
       # peak (jaxtrain.peak_flops; none for CPUs: then train/mfu is not logged).
       peak_tflops=0.0,
+      # JAX's persistent compilation cache (jaxtrain.compile_cache): "" is
+      # workdir/compile_cache, a path (e.g. one shared by a pod's hosts) is used
+      # as given, "off" compiles everything afresh.
+      compilation_cache_dir="",
       # ((from_step, image_size, batch_size), ...): progressive resizing / growing
       # batches; the first from step 0; 0 keeps the transforms' size / batch_size.
       stages=(),
@@ -427,11 +431,28 @@ def _check_train(train) -> None:
     raise ConfigError("train.diagnostics", train.diagnostics,
                       "use True (log update norms, trust ratios and the gradient "
                       "noise scale each step) or False")
+  _check_cache_dir(train.compilation_cache_dir)
   profile = tuple(train.profile_steps)
   if (len(profile) != 2 or not all(isinstance(s, int) and s >= 0 for s in profile)
       or (profile != (0, 0) and profile[1] <= profile[0])):
     raise ConfigError("train.profile_steps", train.profile_steps,
                       "use (start, stop) with 0 <= start < stop, or (0, 0) for off")
+
+
+COMPILATION_CACHE_OFF = "off"  # train.compilation_cache_dir: no cache
+# Spellings a user may mean as "off" that would otherwise name a directory.
+_LIKE_OFF = ("none", "null", "false", "no", "0", "disable", "disabled", "off")
+
+
+def _check_cache_dir(value: Any) -> None:
+  """`train.compilation_cache_dir`: "", "off" or a path; never a path named
+  like a switch ("None", "false"), which would silently make that directory."""
+  fix = (f"use '' for workdir/compile_cache, a directory path, or "
+         f"'{COMPILATION_CACHE_OFF}' to compile without the cache")
+  if not isinstance(value, str):
+    raise ConfigError("train.compilation_cache_dir", value, fix)
+  if value.strip().lower() in _LIKE_OFF and value != COMPILATION_CACHE_OFF:
+    raise ConfigError("train.compilation_cache_dir", value, fix)
 
 
 def _check_stages(train) -> None:

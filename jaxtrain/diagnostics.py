@@ -50,26 +50,28 @@ class _QuietFileHandler(logging.FileHandler):
       pass
 
 
-def log_path(workdir: str, process_index: int = 0) -> str:
-  """The log file of this process for `workdir` (local, also for gs://)."""
-  name = "jaxtrain.log" if process_index == 0 else f"jaxtrain.{process_index}.log"
+def log_path(workdir: str, process_index: int = 0, stem: str = "jaxtrain") -> str:
+  """The log file of this process for `workdir` (local, also for gs://); `stem`
+  names it (`jaxtrain eval` keeps its own, `eval.log`, beside the run's)."""
+  name = f"{stem}.log" if process_index == 0 else f"{stem}.{process_index}.log"
   if "://" in workdir:
     return os.path.join(tempfile.gettempdir(), f"jaxtrain-{os.getpid()}-{name}")
   return os.path.join(os.path.abspath(workdir), name)
 
 
-def capture(workdir: str, process_index: int = 0) -> str:
+def capture(workdir: str, process_index: int = 0, stem: str = "jaxtrain") -> str:
   """Sends library logs and background-thread tracebacks to the run's log file.
 
   Args:
     workdir: the run's --workdir (the file is created at the first record).
     process_index: this process's index in a multi-host run.
+    stem: the file's name without ".log" (see `log_path`).
 
   Returns:
     The log file's path.
   """
   global _LOG_PATH, _HANDLER
-  _LOG_PATH = log_path(workdir, process_index)
+  _LOG_PATH = log_path(workdir, process_index, stem)
   handler = _QuietFileHandler(_LOG_PATH, delay=True)
   handler.setLevel(logging.WARNING)
   handler.setFormatter(logging.Formatter(

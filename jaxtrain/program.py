@@ -206,8 +206,7 @@ def make_jitted_steps(exp: Experiment, state: TrainState, shardings: Any):
   train_fn = jax.jit(train_and_sum, donate_argnums=(0, 1),
                      in_shardings=(shardings, replicated, batch_sh, *teacher_sh),
                      out_shardings=(shardings, replicated))
-  eval_fn = jax.jit(step_lib.make_eval_step(exp.model),
-                    in_shardings=(shardings, batch_sh), out_shardings=replicated)
+  eval_fn = make_jitted_eval(exp, shardings)
   shapes = jax.eval_shape(lambda s, b, *t: _train_step(exp, *t)(s, b), state,
                           example_batch(exp), *teacher)[1]
 
@@ -218,6 +217,18 @@ def make_jitted_steps(exp: Experiment, state: TrainState, shardings: Any):
     return jax.device_put(step_lib.reset(zeros), replicated)
 
   return train_fn, eval_fn, init_sums
+
+
+def make_jitted_eval(exp: Experiment, shardings: Any):
+  """`eval_fn(state, batch) -> metric sums`, jitted for states in `shardings`.
+
+  `shardings` may leave out what evaluation does not read (`opt_state`, `rng`,
+  `ema` None, as `jaxtrain eval` restores them): jit drops unused arguments, so
+  both compile the same program and give the same numbers.
+  """
+  return jax.jit(step_lib.make_eval_step(exp.model),
+                 in_shardings=(shardings, mesh_lib.batch_sharding(exp.mesh)),
+                 out_shardings=sharding.replicated(exp.mesh))
 
 
 def block_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

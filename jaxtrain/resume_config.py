@@ -24,12 +24,13 @@ from jaxtrain.errors import ConfigError
 
 # Fields (or whole sections) whose change leaves the trained weights alone:
 # observation (logging, evaluation, profiling), layout (mesh, sharding; checkpoints
-# restore onto any layout), input plumbing and checkpoint cadence, and the
-# non-finite policy (a fault policy: with finite steps it never acts).
+# restore onto any layout), input plumbing and checkpoint cadence, the
+# compilation cache (it stores the same programs), and the non-finite policy (a
+# fault policy: with finite steps it never acts).
 FREE = ("train.log_every", "train.eval_every", "train.eval_batch_size",
         "train.profile_steps", "train.steps_per_dispatch", "train.peak_tflops",
-        "train.on_nonfinite",
-        "train.max_consecutive_skips", "data.num_workers", "data.prefetch",
+        "train.on_nonfinite", "train.max_consecutive_skips",
+        "train.compilation_cache_dir", "data.num_workers", "data.prefetch",
         "data.data_dir", "mesh", "sharding", "checkpoint", "logging")
 # Changing these changes the learning rate the resumed steps use.
 _LR_FIELDS = ("optimizer", "train.num_steps", "train.num_epochs", "train.batch_size",

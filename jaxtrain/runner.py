@@ -20,6 +20,7 @@ import optax
 from etils import epath
 
 from jaxtrain import checkpoint as checkpoint_lib
+from jaxtrain import compile_cache
 from jaxtrain import config as config_lib
 from jaxtrain import console
 from jaxtrain import early_stopping
@@ -382,7 +383,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   start = time.perf_counter()
   exp = build(config, devices)  # settings -> mesh, model, optimizer, data sources
   check_workdir(workdir)
-  with lease_lib.held(workdir):  # one run per workdir; exits 2 naming the holder
+  with lease_lib.held(workdir), compile_cache.for_run(
+      exp.config.train.compilation_cache_dir, workdir) as cache:
     # Before the header: a refused resume is the run's only output.
     resume = resume_config.check_workdir(exp, workdir, allow_config_change)
     _print_header(exp, workdir, name)
@@ -401,6 +403,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           loop = run.loop(exp, program, workdir, clock)
           state, metrics = loop.run(state, sums, stop_at)
         run.ckpt.wait()  # the last save is complete (or its failure reported)
+        if cache is not None:  # a restarted run: what the cache saved it
+          run.writer.message(cache.summary())
         if loop.finished:
           _summarize(exp, workdir, run.writer, run.ckpt, run.best, metrics,
                      time.perf_counter() - start, clock.seconds)

@@ -119,14 +119,7 @@ def _saved_part(variables: Any, saved: Any) -> dict[str, Any]:
 
 
 def _check_matches(variables: Any, saved: Any, step: int, directory: Any) -> None:
-  def shapes(tree):
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in flat}
-  want, have = shapes(variables), shapes(_saved_part(variables, saved))
-  diffs = [f"{k} missing" for k in want if k not in have]
-  diffs += [f"{k} is {have[k]} there, {want[k]} here" for k in want
-            if k in have and have[k] != want[k]]
-  diffs += [f"{k} only there" for k in have if k not in want]
+  diffs = checkpoint.shape_differences(variables, _saved_part(variables, saved))
   if diffs:
     raise ConfigError("distill.teacher_model", None, f"does not match the checkpoint "
                       f"at step {step} in {directory}: {'; '.join(diffs[:4])}")

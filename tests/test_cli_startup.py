@@ -31,7 +31,7 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 sys.exit(code)
 """
 
-HELP = [["--help"], ["train", "--help"], ["compile", "--help"],
+HELP = [["--help"], ["train", "--help"], ["eval", "--help"], ["compile", "--help"],
         ["optim-summary", "--help"], ["sweep", "--help"], ["report", "--help"],
         ["lr-find", "--help"]]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from jaxtrain import checksums
@@ -65,3 +66,18 @@ class ReadOnlyCheckpoints:
     if verified:
       check_checksums(restored["state"], None, restored["checksums"])
     return restored["state"]
+
+
+def shape_differences(wanted: Any, saved: Any) -> list[str]:
+  """How the arrays of `wanted` differ from the saved `saved` (both trees of
+  objects with `.shape`, e.g. `state_metadata` and abstract arrays): one phrase
+  per missing, differently shaped or extra array, by tree path."""
+  def shapes(tree):
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in flat}
+  want, have = shapes(wanted), shapes(saved)
+  diffs = [f"{k} missing" for k in want if k not in have]
+  diffs += [f"{k} is {have[k]} there, {want[k]} here" for k in want
+            if k in have and have[k] != want[k]]
+  diffs += [f"{k} only there" for k in have if k not in want]
+  return diffs

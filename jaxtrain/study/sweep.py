@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Callable, Sequence
 
@@ -32,7 +31,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxtrain import runner, writers
+from jaxtrain import compile_cache, runner, writers
 from jaxtrain.data import pipeline, sources
 from jaxtrain.errors import ConfigError
 from jaxtrain.study import grid, rerun, results, targets, vectorized
@@ -201,19 +200,6 @@ def _agree(check: Callable[[], None]) -> None:
     raise error
 
 
-def use_compilation_cache(workdir: str) -> None:
-  """JAX's persistent compilation cache in WORKDIR/compile_cache, unless one is set.
-
-  Groups of the same size compile identical initialization and evaluation
-  programs (they depend on neither the optimizer nor the batch size), and a
-  resumed sweep recompiles nothing it compiled before.
-  """
-  if jax.config.jax_compilation_cache_dir or "://" in workdir:
-    return
-  jax.config.update("jax_compilation_cache_dir",
-                    os.path.join(workdir, "compile_cache"))
-
-
 def _watch(watcher, workdir: str) -> None:
   """Tells the preemption watcher what a signal leads to (its first answer)."""
   if watcher is None:
@@ -237,10 +223,26 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, devices=None,
     watcher: has `should_stop(step) -> bool` (the preemption watcher); when it
       says stop, finished trials are kept and the run returns early.
     log: progress lines.
+
+  Its programs are cached as `train.compilation_cache_dir` says (by default in
+  `workdir/compile_cache`): groups of the same size compile identical
+  initialization and evaluation programs, and a resumed sweep recompiles nothing
+  it compiled before.
   """
-  experiment, study = grid.split(config)
+  experiment, _ = grid.split(config)
   runner.check_workdir(workdir)
-  use_compilation_cache(workdir)
+  with compile_cache.for_run(experiment.train.compilation_cache_dir,
+                             workdir) as cache:
+    records = _run_trials(config, workdir, devices, watcher, log)
+  if cache is not None and jax.process_index() == 0:
+    log(cache.summary())
+  return records
+
+
+def _run_trials(config: ml_collections.ConfigDict, workdir: str, devices,
+                watcher, log: Callable[[str], None]) -> list[Record]:
+  """`run_study`'s work: the trials not yet in results.json, group by group."""
+  experiment, study = grid.split(config)
   target = targets.parse(study.target)
   train_source = sources.get_source(experiment.data, experiment.data.train_split)
   trials = grid.make_trials(config, len(train_source))
