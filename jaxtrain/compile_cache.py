@@ -14,7 +14,8 @@ of a small model's programs).
 `CacheUse` counts what the cache did through JAX's own monitoring events
 (``/jax/compilation_cache/cache_hits``, ``cache_misses``,
 ``compile_time_saved_sec``): a restarted run's log says how much compile time the
-cache saved.
+cache saved. A failed read or write (full disk, damaged entry) costs only a
+compilation: it is counted and logged to the run's log file, not the console.
 
 `for_run` is what every compiling command uses: it reads
 ``train.compilation_cache_dir`` ("" = ``<workdir>/compile_cache``, a path as
@@ -24,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
-from typing import Any, Iterator
+import warnings
+from typing import Any, Callable, Iterator
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
@@ -37,6 +40,9 @@ _OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_
 _EVENTS = {"/jax/compilation_cache/cache_hits": "hits",
            "/jax/compilation_cache/cache_misses": "misses"}
 _SAVED = "/jax/compilation_cache/compile_time_saved_sec"
+# JAX warns with this (then compiles) when an entry cannot be read or written.
+_CACHE_FAILURE = "persistent compilation cache entry"
+_logger = logging.getLogger("jaxtrain.compile_cache")
 
 
 @dataclasses.dataclass
@@ -54,11 +60,27 @@ class CacheUse:
   hits: int = 0
   misses: int = 0
   seconds_saved: float = 0.0
+  failures: int = 0
 
   def summary(self) -> str:
+    """One line: hits of all programs, seconds saved, failed reads/writes."""
     total = self.hits + self.misses
+    failed = (f"; {self.failures} cache reads/writes failed (details in the run's "
+              "log)" if self.failures else "")
     return (f"Compilation cache {self.directory}: {self.hits} of {total} programs "
-            f"read from it, {self.seconds_saved:.1f} s of compilation saved")
+            f"read from it, {self.seconds_saved:.1f} s of compilation saved{failed}")
+
+  def _show(self, shown: Callable[..., None]) -> Callable[..., None]:
+    """A `warnings.showwarning` that sends JAX's cache read/write failures (a full
+    disk, a damaged entry: the program is compiled instead) to the log file
+    (`jaxtrain.diagnostics`), counted, instead of the console."""
+    def show(message, category, filename, lineno, file=None, line=None):
+      if _CACHE_FAILURE in str(message):
+        self.failures += 1
+        _logger.warning("%s", message)
+        return
+      shown(message, category, filename, lineno, file, line)
+    return show
 
   def _on_event(self, event: str, **kwargs: Any) -> None:
     del kwargs
@@ -90,7 +112,9 @@ def scoped(directory: str, min_compile_seconds: float = 0.0) -> Iterator[CacheUs
   jax.monitoring.register_event_listener(use._on_event)  # pylint: disable=protected-access
   jax.monitoring.register_event_duration_secs_listener(use._on_duration)  # pylint: disable=protected-access
   try:
-    yield use
+    with warnings.catch_warnings():  # puts showwarning back at the end
+      warnings.showwarning = use._show(warnings.showwarning)  # pylint: disable=protected-access
+      yield use
   finally:
     jax.monitoring.unregister_event_listener(use._on_event)  # pylint: disable=protected-access
     jax.monitoring.unregister_event_duration_listener(use._on_duration)  # pylint: disable=protected-access

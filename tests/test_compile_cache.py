@@ -102,3 +102,14 @@ def test_a_given_directory_is_used_and_an_uncreatable_one_refused(tmp_path, caps
     runner.train(_small_run(num_steps=3,
                             compilation_cache_dir=str(blocker / "cache")),
                  str(tmp_path / "run2"))
+
+
+def test_a_cache_that_cannot_be_used_costs_a_compilation_counted_not_a_warning(
+    tmp_path, recwarn):
+  cache = tmp_path / "cache"
+  with compile_cache.scoped(str(cache)) as use:
+    cache.write_text("a file where the cache's directory should be")
+    assert float(_program(7.0)(np.ones((4, 4), np.float32))) > 0  # still compiles
+  assert use.failures >= 1 and use.hits == 0
+  assert "cache reads/writes failed" in use.summary()
+  assert not [w for w in recwarn if "compilation cache" in str(w.message)]
