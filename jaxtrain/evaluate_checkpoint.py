@@ -88,7 +88,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   weights = restored["ema"] if ema else restored
   state = TrainState(step=restored["step"], params=weights["params"],
                      model_state=weights["model_state"], opt_state=None, rng=None)
-  shardings = program.shardings.replace(opt_state=None, rng=None, ema=None)
+  shardings = program.shardings.replace(opt_state=None, rng=None, ema=None,
+                                       noise_scale=None)
   with sharding.activate(exp.mesh, exp.config.sharding.rules):
     metrics = evaluate(make_jitted_eval(exp, shardings), state, exp.eval_source,
                        exp.eval_batch_size, mesh_lib.batch_sharding(exp.mesh),
