@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+  if name == "optim":  # `@jaxtrain.optim.register(...)` in a file importing jaxtrain
+    return importlib.import_module("jaxtrain.optim")
   if name in _EXPORTS:
     return getattr(importlib.import_module(_EXPORTS[name]), name)
   if name in _RENAMED:

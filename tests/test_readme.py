@@ -119,3 +119,37 @@ def test_the_notebooks_named_are_the_notebooks_there():
            if f.endswith(".ipynb")}
   assert named == there
   assert "jupyter lab notebooks/" in _text()
+
+
+@pytest.mark.slow  # three commands in fresh processes: ~90 s on 2 busy cores
+def test_your_own_optimizer_is_the_experiment_files_and_trains_and_sweeps(tmp_path):
+  """The README's Signum is the experiment file's; its train and sweep commands run
+  (shortened), the sweep's two momenta as one vectorized group."""
+  snippet = _block_after("## Your own optimizer")
+  with open(os.path.join(ROOT, "experiments", "digits_signum.py")) as f:
+    assert snippet in f.read()
+  commands = [line.split() for line in _block_after("Train it, sweep it").splitlines()]
+  assert [c[:2] for c in commands] == [["jaxtrain", "train"], ["jaxtrain", "sweep"],
+                                       ["jaxtrain", "optim-summary"]]
+  short = {"train": ["--config.train.num_epochs=0", "--config.train.num_steps=60"],
+           "sweep": ["--config.study.batch_sizes=(128,)", "--config.study.lr_grid=(1.0,)",
+                     "--config.study.max_steps=16", "--config.study.eval_every=8"],
+           "optim-summary": []}
+  outputs = {}
+  for command in commands:
+    argv = [a.replace("/tmp/", f"{tmp_path}/") for a in command[1:]]
+    proc = subprocess.run(processes.jaxtrain_cmd(*argv, *short[command[1]]),
+                          env=processes.cpu_env(1), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outputs[command[1]] = proc.stdout
+  with open(tmp_path / "digits_signum" / "metrics.jsonl") as f:
+    log = [json.loads(line) for line in f]
+  assert log[-1]["step"] == 60 and log[-1]["eval/accuracy"] > 0.5  # 10 classes
+  assert "[1/1] batch 128, signum, 2 trials" in outputs["sweep"]
+  with open(tmp_path / "signum_study" / "results.json") as f:
+    trials = json.load(f)["trials"]
+  assert sorted(t["momentum"] for t in trials) == [0.9, 0.99]
+  assert outputs["optim-summary"].startswith(
+      "optimizer: signum (plug-in _jaxtrain_experiment_digits_signum.signum, "
+      "kwargs {'momentum': 0.9})")
