@@ -132,7 +132,8 @@ def test_your_own_optimizer_is_the_experiment_files_and_trains_and_sweeps(tmp_pa
   assert [c[:2] for c in commands] == [["jaxtrain", "train"], ["jaxtrain", "sweep"],
                                        ["jaxtrain", "optim-summary"]]
   short = {"train": ["--config.train.num_epochs=0", "--config.train.num_steps=60"],
-           "sweep": ["--config.study.batch_sizes=(128,)", "--config.study.lr_grid=(1.0,)",
+           "sweep": ["--config.study.batch_sizes=(128,)",
+                     "--config.study.lr_grid=(1.0,)",
                      "--config.study.max_steps=16", "--config.study.eval_every=8"],
            "optim-summary": []}
   outputs = {}

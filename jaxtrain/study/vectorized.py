@@ -262,7 +262,8 @@ def trial_hparams(configs: Sequence[ml_collections.ConfigDict]) -> dict[str, Any
   full = [optim_defaults.merged_section(c.optimizer) for c in configs]
   plugin_args = {_KWARG + k: np.asarray([c.kwargs[k] for c in full])
                  for k in injected_kwargs(configs)}
-  return {**plugin_args, "learning_rate": np.asarray([c.learning_rate for c in full], np.float32),
+  return {**plugin_args,
+          "learning_rate": np.asarray([c.learning_rate for c in full], np.float32),
           "warmup_steps": np.asarray([c.schedule.warmup_steps for c in full],
                                      np.int32),
           "momentum": np.asarray([c.momentum for c in full], np.float32),

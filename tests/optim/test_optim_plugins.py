@@ -262,3 +262,26 @@ def test_sweep_lr_find_and_compile_take_a_registered_plugin(tmp_path, capsys):
   assert code == 0, capsys.readouterr().err[-2000:]
   report = json.loads((tmp_path / "c.json").read_text())
   assert report["flops"] > 0 and report["fits"]
+
+
+def test_freeze_lr_multipliers_and_clipping_wrap_the_plugin():
+  """Clip by global norm before the factory, x0.5 on `head/` after it, frozen
+  `conv/` never moves: checked against the plain SGD arithmetic."""
+  c = optim.default_config()
+  c.name, c.learning_rate, c.schedule.name = PATH, 0.1, "constant"
+  c.kwargs.momentum = 0.0
+  c.grad_clip_norm = 1.0
+  c.lr_multipliers = (("head/", 0.5),)
+  c.freeze = ("conv/",)
+  tx, _ = optim.build(c, 4)
+  params = {"conv": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 2))},
+            "dense": {"kernel": jnp.ones((2, 2))}}
+  grads = {"conv": {"kernel": jnp.full((2, 2), 5.0)},
+           "head": {"kernel": jnp.full((2, 2), 1.0)},
+           "dense": {"kernel": jnp.full((2, 2), 1.0)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # The frozen gradient is zeroed before clipping: the norm is sqrt(8) (head, dense).
+  g = 1.0 / np.sqrt(8.0)
+  np.testing.assert_allclose(updates["conv"]["kernel"], 0.0)
+  np.testing.assert_allclose(updates["dense"]["kernel"], -0.1 * g, rtol=1e-6)
+  np.testing.assert_allclose(updates["head"]["kernel"], -0.05 * g, rtol=1e-6)
