@@ -76,6 +76,23 @@ def test_using_a_trained_model_gives_the_runs_own_accuracy(digits_run, capsys):
   assert abs(namespace["accuracy"] - last["eval/accuracy"]) <= 1 / 360 + 1e-6
 
 
+def test_eval_command_reproduces_the_runs_final_evaluation(digits_run):
+  command = _block_after("## Evaluating a checkpoint").strip()
+  assert command == ("jaxtrain eval --config=experiments/digits_cnn.py "
+                     "--workdir=/tmp/digits_cnn")
+  args = command.replace("/tmp/digits_cnn", digits_run).split()[1:]
+  proc = subprocess.run(processes.jaxtrain_cmd(*args), env=processes.cpu_env(1),
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  with open(os.path.join(digits_run, "metrics.jsonl")) as f:
+    last = [json.loads(line) for line in f][-1]
+  with open(os.path.join(digits_run, f"eval_{last['step']}.json")) as f:
+    result = json.load(f)
+  assert result["metrics"]["eval/accuracy"] == last["eval/accuracy"]
+  assert result["metrics"]["eval/loss"] == last["eval/loss"]
+  assert f"top-1 {last['eval/accuracy']:.4f}" in proc.stdout
+
+
 def test_tensorboard_command_reads_the_runs_event_files(digits_run):
   command = re.search(r"\.venv/bin/(tensorboard --logdir=\S+)",
                       _block_after("point it at the run")).group(1)
