@@ -85,16 +85,19 @@ class FlopsMeter:
       self._flops += flops * steps
 
   def values(self, seconds: float) -> dict[str, float]:
-    """`train/tflops_per_device` (and `train/mfu` with a known peak) over the
-    window's `seconds`; starts the next window. Empty when a step had no count."""
+    """`train/tflops_per_device` (and `train/mfu` with a known peak) of the steps
+    counted since `reset`, over their `seconds`. Empty when a step had no count."""
     out = {}
     if self._flops and not self._uncounted:
       rate = self._flops / seconds
       out["train/tflops_per_device"] = rate / TERA
       if self.peak:
         out["train/mfu"] = rate / self.peak
-    self._flops, self._uncounted = 0.0, False
     return out
+
+  def reset(self) -> None:
+    """Starts the next window."""
+    self._flops, self._uncounted = 0.0, False
 
   def describe(self) -> str:
     """One line on what `train/mfu` is measured against, or why it is absent."""

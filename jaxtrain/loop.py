@@ -131,7 +131,8 @@ class Loop:
     self._compiled = False
     self._next_stop = 0
     self._stop_lock = threading.RLock()  # re-entered by a handler in this thread
-    self._window = (0.0, 0.0)  # (wall clock, compile seconds) at the window's start
+    # (wall clock, compile seconds, step) at the start of the timed window.
+    self._window = (0.0, 0.0, 0)
     self.finished = False  # ran to the end (or stopped early on its metric)
     self.flops = flops_meter.FlopsMeter(fns.batch_sharding.mesh.devices.flat[0],
                                         self.settings.peak_tflops)
@@ -157,8 +158,8 @@ class Loop:
       self.finished = True
       return self._best_or(state, step, final)
     end = min(total, stop_at or total)
-    last, values, early = step, {}, False
-    self._start_window()
+    values, early = {}, False
+    self._start_window(step)
     self._watch(step, end)
     while step < end:
       self._announce_stage(step)
@@ -174,14 +175,14 @@ class Loop:
                            if step < end and not stopping else step)
       values = {}
       if step % self.settings.log_every == 0 or step == total:
-        values = self._train_values(sums, step, last)
-        sums, last = step_lib.reset(sums), step
+        values = self._train_values(sums, step)
+        sums = step_lib.reset(sums)
       if self._every(step, self.settings.eval_every) or step == total:
         values.update(self.evaluate(state))
         early = self._track(step, state, values)
       if values:
         self.writer.write(step, values)
-        self._start_window()
+        self._start_window(step)
       if self.ckpt.should_save(step) or step == end or stopping or early:
         self._check_nonfinite(jax.device_get(sums), step)
         if self.best is not None:
@@ -355,16 +356,19 @@ class Loop:
       jax.profiler.stop_trace()
       self._tracing = False
 
-  def _start_window(self) -> None:
-    self._window = (time.perf_counter(), self.clock.seconds)
+  def _start_window(self, step: int) -> None:
+    """Starts timing the steps after `step` (after a write: an evaluation's time
+    is no step's, and the rates count only the steps timed since)."""
+    self._window = (time.perf_counter(), self.clock.seconds, step)
     self.data_wait = 0.0
+    self.flops.reset()
 
-  def _train_values(self, sums, step: int, last: int):
+  def _train_values(self, sums, step: int):
     # The clock stops after the fetch: the host dispatches ahead of the device,
     # and steps still queued at the log point belong to this window. Compile time
     # is left out: it is no measure of the step (nor of the time still to go).
     fetched = jax.device_get(sums)
-    wall, compiling = self._window
+    wall, compiling, last = self._window
     elapsed = max(time.perf_counter() - wall - (self.clock.seconds - compiling), 1e-6)
     self._check_nonfinite(fetched, step)
     window = {k: v for k, v in fetched.items() if k in _LOGGED}

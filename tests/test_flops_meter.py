@@ -15,7 +15,8 @@ import types
 import jax
 import pytest
 
-from jaxtrain import flops_meter, runner
+from jaxtrain import console, flops_meter, runner
+from jaxtrain import loop as loop_lib
 from jaxtrain.config import base_config
 
 BATCH = 512
@@ -69,6 +70,46 @@ def test_mfu_is_the_rate_over_train_peak_tflops(tmp_path, capsys):
       capsys.readouterr().out)
 
 
+class _NoCompileClock:
+  seconds = 0.0
+
+  def close(self):
+    pass
+
+
+def test_rates_count_only_the_steps_timed_since_the_last_write(tmp_path,
+                                                             monkeypatch):
+  # A clock that moves only where this test says: 1 s per step, 100 s per
+  # evaluation. Evaluating every 3 steps and logging every 4, each log's window
+  # starts after the evaluation before it (steps 3, 6, 9), so it times 1, 2 and 3
+  # steps in 1, 2 and 3 s; counting from the previous log instead would give
+  # 4 steps in 1 s at step 4.
+  clock = types.SimpleNamespace(now=0.0)
+  monkeypatch.setattr(loop_lib, "time",
+                      types.SimpleNamespace(perf_counter=lambda: clock.now))
+  monkeypatch.setattr(console, "CompileClock", _NoCompileClock)
+  dispatch, evaluate = loop_lib.Loop._dispatch, loop_lib.Loop.evaluate
+
+  def timed_dispatch(self, state, sums, n):
+    clock.now += n
+    return dispatch(self, state, sums, n)
+
+  def slow_evaluate(self, state):
+    clock.now += 100.0
+    return evaluate(self, state)
+
+  monkeypatch.setattr(loop_lib.Loop, "_dispatch", timed_dispatch)
+  monkeypatch.setattr(loop_lib.Loop, "evaluate", slow_evaluate)
+  runner.train(_config(log_every=4, eval_every=3, num_steps=12), str(tmp_path))
+  rows = _train_rows(tmp_path)
+  assert [r["step"] for r in rows] == [4, 8, 12]
+  flops = {r["train/tflops_per_device"] for r in rows}
+  assert len(flops) == 1, flops  # the same FLOPs per step, each over 1 s
+  for r in rows:
+    assert r["train/steps_per_sec"] == 1.0
+    assert r["train/examples_per_sec"] == BATCH
+
+
 class _Compiled:
   def __init__(self, flops):
     self.flops = flops
@@ -97,6 +138,7 @@ def test_meter_counts_each_program_once_and_divides_by_the_tpu_v4_peak():
   # (4 * 1e12 + 3e12) FLOPs in 0.1 s = 70 TFLOP/s; of TPU v4's 275: 25.45%.
   assert values["train/tflops_per_device"] == pytest.approx(70.0)
   assert values["train/mfu"] == pytest.approx(70 / 275)
+  meter.reset()
   assert meter.values(seconds=1.0) == {}  # a new window, nothing dispatched
 
 
