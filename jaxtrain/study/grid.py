@@ -183,7 +183,7 @@ def validate_study(study: ml_collections.ConfigDict,
     if not isinstance(section, ml_collections.ConfigDict):
       _fail(f"optimizer_configs.{label}", section, "use a section of optimizer fields")
     check_keys(section, optim.default_config(), f"study.optimizer_configs.{label}.",
-               complete=False)
+               skip=("kwargs",), complete=False)  # kwargs: the plug-in's signature
   from jaxtrain.optim import plugins  # pylint: disable=g-import-not-at-top
   for label in study.optimizers:
     name = study.optimizer_configs[label].get("name", label) if (

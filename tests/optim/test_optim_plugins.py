@@ -285,3 +285,15 @@ def test_freeze_lr_multipliers_and_clipping_wrap_the_plugin():
   np.testing.assert_allclose(updates["conv"]["kernel"], 0.0)
   np.testing.assert_allclose(updates["dense"]["kernel"], -0.1 * g, rtol=1e-6)
   np.testing.assert_allclose(updates["head"]["kernel"], -0.05 * g, rtol=1e-6)
+
+
+def test_a_study_label_sets_the_plugins_kwargs_and_they_are_checked():
+  c = _study(PATH)
+  c.study.momentum = ()
+  c.study.optimizer_configs.hb.kwargs = ml_collections.ConfigDict({"momentum": 0.7})
+  grid.validate_study(c.study)
+  trials = grid.make_trials(c, 1437)
+  assert {t.config.optimizer.kwargs.momentum for t in trials} == {0.7}
+  c.study.optimizer_configs.hb.kwargs = ml_collections.ConfigDict({"beta": 0.7})
+  with pytest.raises(ConfigError, match=r"optimizer\.kwargs\.beta=0\.7: not an "):
+    grid.make_trials(c, 1437)
