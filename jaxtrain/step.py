@@ -93,10 +93,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     weight_grad_dtype: ``float32`` or ``compute``: how the layers of
       `jaxtrain.precision` form weight gradients under bfloat16 compute
       (`precision.weight_grads`).
-    diagnostics: what the step measures about its update (`train.diagnostics`,
-      `jaxtrain.step_diagnostics`); None: nothing, and the step is as without it.
-      A state with a ``noise_scale`` (`step_diagnostics.init_noise_scale`) takes
-      its gradient replica by replica (`noise_scale.per_replica_gradients`).
+    diagnostics: what the step measures (`jaxtrain.step_diagnostics`); None:
+      nothing, the step as without it.
 
   Returns:
     ``step(state, batch) -> (state, metrics)``: one update and this step's metric
@@ -107,25 +105,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
-    if teacher_fn is not None and losses.TEACHER_LOGITS not in batch:
-      batch = {**batch, losses.TEACHER_LOGITS:
-               jax.lax.stop_gradient(teacher_fn(batch["image"]))}
-
-    def loss_fn(params, batch, rng):
-      logits, model_state = _apply(model, params, state.model_state, batch["image"],
-                                   True, rng)
-      per_example = loss(logits, batch)
-      return jnp.mean(per_example), (logits, per_example, model_state)
-
-    replica_norms = None
+    batch = _with_teacher_logits(batch, teacher_fn)
+    loss_fn = _loss_fn(model, loss, state.model_state)
     with precision.weight_grads(weight_grad_dtype):
-      if diagnostics is None or state.noise_scale is None:
-        grads, (logits, per_example, model_state) = jax.grad(
-            loss_fn, has_aux=True)(state.params, batch, rng)
-      else:  # the same backward pass, per replica (noise scale)
-        grads, (logits, per_example, model_state), replica_norms = (
-            noise_scale.per_replica_gradients(loss_fn, state.params, batch, rng,
-                                              step_diagnostics.BATCH_AXES))
+      grads, (logits, per_example, model_state), replica_norms = _gradients(
+          loss_fn, state, batch, rng, diagnostics is not None)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new, finite, leaf_ok = _update_if_finite(state, params, opt_state, model_state,
@@ -140,6 +124,37 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     return new, metrics
 
   return step
+
+
+def _loss_fn(model: nn.Module, loss: losses.Loss, model_state: Any):
+  """``(params, batch, rng) -> (mean loss, (logits, per-example loss, model
+  state))``: the function the step differentiates."""
+  def loss_fn(params, batch, rng):
+    logits, new_state = _apply(model, params, model_state, batch["image"], True, rng)
+    per_example = loss(logits, batch)
+    return jnp.mean(per_example), (logits, per_example, new_state)
+  return loss_fn
+
+
+def _with_teacher_logits(batch: dict[str, jax.Array], teacher_fn: TeacherFn | None
+                         ) -> dict[str, jax.Array]:
+  """The batch with the teacher's logits (gradient stopped) when it has none."""
+  if teacher_fn is None or losses.TEACHER_LOGITS in batch:
+    return batch
+  return {**batch, losses.TEACHER_LOGITS:
+          jax.lax.stop_gradient(teacher_fn(batch["image"]))}
+
+
+def _gradients(loss_fn: Callable[..., Any], state: TrainState,
+               batch: dict[str, jax.Array], rng: jax.Array, diagnostics: bool):
+  """(gradient, aux, replica norms or None): with `train.diagnostics` and a state
+  carrying noise-scale averages, the same backward pass taken replica by replica
+  (`noise_scale.per_replica_gradients`), else the plain one."""
+  if not diagnostics or state.noise_scale is None:
+    grads, aux = jax.grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    return grads, aux, None
+  return noise_scale.per_replica_gradients(loss_fn, state.params, batch, rng,
+                                           step_diagnostics.BATCH_AXES)
 
 
 NO_STEP = jnp.iinfo(jnp.int32).max

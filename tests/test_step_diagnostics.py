@@ -277,3 +277,14 @@ def test_vectorized_sweep_trials_log_the_diagnostics_of_one_by_one_runs(tmp_path
   want = _rows(tmp_path)[-1]
   for key in ("train/gradient_noise_scale", "train/grad_norm", "train/update_ratio"):
     np.testing.assert_allclose(got[key], want[key], rtol=1e-4, err_msg=key)
+
+
+def test_blocks_of_steps_log_the_same_diagnostics(tmp_path):
+  # steps_per_dispatch > 1 runs the same step inside lax.scan + lax.cond.
+  runner.train(_digits_config(num_steps=8, log_every=4), str(tmp_path / "k1"))
+  runner.train(_digits_config(num_steps=8, log_every=4, steps_per_dispatch=4),
+               str(tmp_path / "k4"))
+  for a, b in zip(_rows(tmp_path / "k1"), _rows(tmp_path / "k4")):
+    for key in ("train/gradient_noise_scale", "train/grad_norm",
+                "train/trust_ratio_median"):
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-6, err_msg=key)
