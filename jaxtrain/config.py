@@ -39,13 +39,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   Returns:
     A new ConfigDict: seed, model, loss, data, optimizer, train, mesh, sharding,
-    precision, checkpoint, distill and logging sections.
+    precision, checkpoint, distill, logging and init_from sections.
   """
   # Plain-data modules: loading a config imports no JAX (`jaxtrain --help` and
   # config errors stay fast).
   from jaxtrain.data import sources  # pylint: disable=g-import-not-at-top
   from jaxtrain.optim import defaults as optim_defaults  # pylint: disable=g-import-not-at-top
   from jaxtrain.parallel import rules  # pylint: disable=g-import-not-at-top
+  from jaxtrain.pretrained import section as init_from  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = ml_collections.ConfigDict({"name": "cnn"})
@@ -73,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill = _distill_section()
   from jaxtrain import writers  # pylint: disable=g-import-not-at-top
   c.logging = writers.default_config()  # metrics.jsonl, TensorBoard, W&B, MLflow
+  c.init_from = init_from.default_config()  # weights a fresh run starts from
   return c
 
 
@@ -344,7 +346,7 @@ def validate(config: ml_collections.ConfigDict,
   # model, loss and teacher checks read the models' and losses' signatures (JAX).
   base = base_config()
   check_keys(config, base, "", skip={"model", "optimizer", "loss", "distill",
-                                     "logging"})
+                                     "logging", "init_from"})
   _check_train(config.train)
   _check_stages(config.train)
   _check_ema(config)
@@ -371,6 +373,8 @@ def validate(config: ml_collections.ConfigDict,
   sources.validate(config.data)
   from jaxtrain import writers  # pylint: disable=g-import-not-at-top
   writers.validate(config.logging)
+  from jaxtrain.pretrained import section as init_from  # pylint: disable=g-import-not-at-top
+  init_from.check(config.init_from)
   _check_unread(config, base, given)  # plain values, before JAX is imported
   _check_model(config)
   _check_distill(config)

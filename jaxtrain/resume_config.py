@@ -8,9 +8,10 @@ is refused with one line listing each field old -> new and the ways out (a new
 `--workdir`, `checkpoint.restore=never`, or `--allow_config_change=FIELD,...`).
 Fields that only change how the run is observed or laid out (`FREE`: log and eval
 frequency, eval batch size, workers, mesh and sharding rules, checkpoint cadence,
-...) may change; they are listed in the log. An allowed change that moves the
-learning rate (a longer run rebuilds the schedule for the new length) is logged with
-the LR at the resume step under the old and the new config.
+...) and `init_from` (read by a fresh start only) may change; they are listed in the
+log. An allowed change that moves the learning rate (a longer run rebuilds the
+schedule for the new length) is logged with the LR at the resume step under the old
+and the new config.
 """
 from __future__ import annotations
 
@@ -26,12 +27,14 @@ from jaxtrain.errors import ConfigError
 # observation (logging, evaluation, profiling), layout (mesh, sharding; checkpoints
 # restore onto any layout), input plumbing and checkpoint cadence, the
 # compilation cache (it stores the same programs), and the non-finite policy (a
-# fault policy: with finite steps it never acts).
+# fault policy: with finite steps it never acts). `init_from` too: only a fresh
+# start reads it; a resumed run continues its own weights.
 FREE = ("train.log_every", "train.eval_every", "train.eval_batch_size",
         "train.profile_steps", "train.steps_per_dispatch", "train.peak_tflops",
         "train.on_nonfinite", "train.max_consecutive_skips",
         "train.compilation_cache_dir", "data.num_workers", "data.prefetch",
-        "data.data_dir", "mesh", "sharding", "checkpoint", "logging")
+        "data.data_dir", "mesh", "sharding", "checkpoint", "logging",
+        "init_from")
 # Changing these changes the learning rate the resumed steps use.
 _LR_FIELDS = ("optimizer", "train.num_steps", "train.num_epochs", "train.batch_size",
               "train.stages", "data.aug_repeats")

@@ -24,6 +24,7 @@ from jaxtrain import compile_cache
 from jaxtrain import config as config_lib
 from jaxtrain import console
 from jaxtrain import early_stopping
+from jaxtrain import init_from
 from jaxtrain import lease as lease_lib
 from jaxtrain import ema as ema_lib
 from jaxtrain import metrics as metrics_lib
@@ -387,6 +388,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       exp.config.train.compilation_cache_dir, workdir) as cache:
     # Before the header: a refused resume is the run's only output.
     resume = resume_config.check_workdir(exp, workdir, allow_config_change)
+    # A fresh start's weights, checked before compiling; a resume never reads them.
+    source = None if resume else init_from.prepare(exp)
     _print_header(exp, workdir, name)
     clock = console.CompileClock()
     try:
@@ -399,6 +402,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         with sharding.activate(exp.mesh, exp.config.sharding.rules):
           state, sums = _restore(exp, run.ckpt, program.state, program.init_sums(),
                                  run.host, run.writer, resume)
+          state = init_from.start(exp, program, state, source, run.writer.message)
           _set_log_back(workdir, int(state.step), run)
           loop = run.loop(exp, program, workdir, clock)
           state, metrics = loop.run(state, sums, stop_at)

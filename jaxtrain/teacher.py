@@ -55,17 +55,6 @@ class Teacher:
     return fn
 
 
-def _checkpoint_step(distill: ml_collections.ConfigDict, steps: list[int]) -> int:
-  if not steps:
-    raise ConfigError("distill.teacher_workdir", distill.teacher_workdir,
-                      "holds no complete checkpoint; train the teacher there first")
-  step = distill.teacher_step or max(steps)
-  if step not in steps:
-    raise ConfigError("distill.teacher_step", step, "no checkpoint of that step",
-                      choices=[str(s) for s in sorted(steps)])
-  return step
-
-
 def _model_section(distill: ml_collections.ConfigDict,
                    saved: checkpoint.ReadOnlyCheckpoints, step: int) -> dict[str, Any]:
   if distill.teacher_model.name:
@@ -85,12 +74,12 @@ def build(config: ml_collections.ConfigDict, num_classes: int, dtype: Any,
                       "loss.name=distillation; set it, or leave this ''")
   if not distill.teacher_workdir:
     return None
-  directory = epath.Path(distill.teacher_workdir) / "checkpoints"
-  if not directory.exists():
-    raise ConfigError("distill.teacher_workdir", distill.teacher_workdir,
-                      f"no checkpoints in {directory}; name the teacher run's workdir")
-  with checkpoint.ReadOnlyCheckpoints(str(directory)) as checkpoints:
-    step = _checkpoint_step(distill, checkpoints.steps())
+  directory = checkpoint.checkpoints_of(distill.teacher_workdir,
+                                        "distill.teacher_workdir", "teacher")
+  with checkpoint.ReadOnlyCheckpoints(directory) as checkpoints:
+    step = checkpoint.choose_step(checkpoints.steps(), distill.teacher_step,
+                                  ("distill.teacher_workdir", "distill.teacher_step"),
+                                  distill.teacher_workdir, "teacher")
     section = _model_section(distill, checkpoints, step)
     saved = checkpoints.state_metadata(step)["train"]
   name = section.pop("name")

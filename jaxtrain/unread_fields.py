@@ -9,7 +9,7 @@ a `ConfigError` naming the field, the field that turns it off, and both fixes. (
 silently ignored setting costs a researcher a run; a refused one costs a second.)
 
 Each owner declares its conditions as `Rule`s (this module: `train`, `data`,
-`distill`, `model`; `jaxtrain.writers`: the trackers' options;
+`distill`, `init_from`, `model`; `jaxtrain.writers`: the trackers' options;
 `jaxtrain.optim.unread_fields`: the optimizer and its schedule,
 and the mechanism: `check_rules` applies them, `reset_rules` puts unread fields back
 to their defaults where a tool, not the user, switched the condition, e.g. a sweep
@@ -74,6 +74,17 @@ RUN_RULES: tuple[Rule, ...] = (
            "names no teacher", "set loss.name=distillation and "
            "distill.teacher_workdir")
       for f in ("distill.teacher_step", "distill.teacher_model")),
+    *_rules(["init_from.step", "init_from.ema"], _when(
+        "init_from.workdir", lambda v: bool(v), "names no run to start from"),
+            "name the run in init_from.workdir"),
+    *_rules(["init_from.name_map"], _when(
+        "init_from.file", lambda v: bool(v), "names no weights file"),
+            "name the weights file in init_from.file"),
+    *(Rule(f, lambda s: bool(get(s, "init_from.workdir") or get(s, "init_from.file")),
+           lambda s: "init_from.workdir and init_from.file are '': nothing is "
+           "loaded", "name a run in init_from.workdir or a weights file in "
+           "init_from.file")
+      for f in ("init_from.reinit", "init_from.strict", "init_from.model_state")),
 )
 
 

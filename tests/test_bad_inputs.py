@@ -149,6 +149,26 @@ TRAIN = [
     (["--config.model.use_bn=True", "--config.model.bn_momentum=1.5"],
      "config.model.bn_momentum=1.5"),
     (["--config.model.name=vit", "--config.model.patch_size=3"], "config.model="),
+    # init_from: the source, checked before compiling (tests/test_init_from.py: the
+    # cases that need a source run).
+    (["--config.init_from.workdir=/nonexistent/run"],
+     "config.init_from.workdir='/nonexistent/run': no checkpoints"),
+    (["--config.init_from.file=/nonexistent/w.npz",
+      "--config.init_from.name_map=torchvision_resnet"],
+     "config.init_from.file='/nonexistent/w.npz': no such file"),
+    (["--config.init_from.file=w.npz", "--config.init_from.name_map=resnet"],
+     "config.init_from.name_map='resnet'"),
+    (["--config.init_from.file=w.pth", "--config.init_from.name_map=timm_resnet"],
+     "config.init_from.file='w.pth'"),
+    (["--config.init_from.workdir=/tmp", "--config.init_from.reinit=head("],
+     "config.init_from.reinit='head('"),
+    (["--config.init_from.workdir=/tmp", "--config.init_from.file=w.npz",
+      "--config.init_from.name_map=timm_vit"], "config.init_from.file='w.npz'"),
+    (["--config.init_from.step=100"], "config.init_from.step=100"),
+    (["--config.init_from.name_map=timm_vit"], "config.init_from.name_map="),
+    (["--config.init_from.reinit=^params/head/"], "config.init_from.reinit="),
+    (["--config.init_from.workdir=/tmp", "--config.init_from.step=-1"],
+     "config.init_from.step=-1"),
 ]
 
 # Plug-in optimizers (`optimizer.name = "test_bad_inputs:FACTORY"`; pytest puts this

@@ -4,7 +4,9 @@ An Orbax `CheckpointManager` in `read_only` mode over `<workdir>/checkpoints`: i
 lists the steps, reads a step's config and state metadata, and restores part of a
 step's state (a partial restore: e.g. only params and model state, no optimizer
 state), each leaf onto the sharding its target gives. What was read is checked
-against the checksums recorded at the save.
+against the checksums recorded at the save. `checkpoints_of` and `choose_step`
+find a run's checkpoints and step as a config names them (the distillation teacher's
+`distill.teacher_*`, a fine-tune's `init_from.*`).
 """
 from __future__ import annotations
 
@@ -12,9 +14,48 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxtrain import checksums
 from jaxtrain.checkpoint.verify import check_checksums, has_checksums
+from jaxtrain.errors import ConfigError
+
+
+def checkpoints_of(workdir: str, field: str, role: str) -> str:
+  """``<workdir>/checkpoints`` of another run, named by config `field`.
+
+  Raises:
+    ConfigError: naming `field` when that directory does not exist.
+  """
+  directory = epath.Path(workdir) / "checkpoints"
+  if not directory.exists():
+    raise ConfigError(field, workdir, f"no checkpoints in {directory}; name the "
+                      f"{role} run's workdir")
+  return str(directory)
+
+
+def choose_step(steps: list[int], step: int, fields: tuple[str, str], workdir: str,
+                role: str) -> int:
+  """`step` of the complete `steps`, or the newest when `step` is 0.
+
+  Args:
+    steps: the run's complete checkpoint steps.
+    step: the step asked for (0: the newest).
+    fields: the config fields naming the workdir and the step, for errors.
+    workdir: the run's workdir, for errors.
+    role: what the run is to this one ("teacher", "source"), for errors.
+
+  Raises:
+    ConfigError: no complete checkpoint, or none of that step (listing them).
+  """
+  if not steps:
+    raise ConfigError(fields[0], workdir, "holds no complete checkpoint; train the "
+                      f"{role} there first")
+  chosen = step or max(steps)
+  if chosen not in steps:
+    raise ConfigError(fields[1], step, "no checkpoint of that step",
+                      choices=[str(s) for s in sorted(steps)])
+  return chosen
 
 
 class ReadOnlyCheckpoints:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, Iterable
 
 from jaxtrain.errors import ConfigError
 from jaxtrain.pretrained import name_maps, variables
@@ -37,17 +37,56 @@ class MergeReport:
   unexpected: list[str]
   dropped: list[tuple[str, str]]
 
-  def lines(self) -> list[str]:
-    """The log's account: counts, then every variable that did not load."""
+  def lines(self, names: int = 5) -> list[str]:
+    """The log's account: counts, then the first `names` variables of each kind
+    that did not load."""
     out = [f"init_from: {len(self.loaded)} variables loaded, "
            f"{len(self.reinitialized)} re-initialized, {len(self.missing)} missing, "
            f"{len(self.mismatched)} of another shape, {len(self.unexpected)} "
            f"unexpected, {len(self.dropped)} dropped"]
-    out += [f"  re-initialized: {p}" for p in self.reinitialized]
-    out += [f"  missing: {p}" for p in self.missing]
-    out += [f"  shape mismatch: {s} {a} -> {t} {b}" for s, t, a, b in self.mismatched]
-    out += [f"  unexpected: {s}" for s in self.unexpected]
+    kinds = (("re-initialized", self.reinitialized), ("missing", self.missing),
+             ("shape mismatch", [f"{s} {a} -> {t} {b}"
+                                 for s, t, a, b in self.mismatched]),
+             ("unexpected", self.unexpected))
+    for kind, items in kinds:
+      out += [f"  {kind}: {item}" for item in items[:names]]
+      if len(items) > names:
+        out.append(f"  ... and {len(items) - names} more {kind}")
     return out
+
+
+def plan(targets: Iterable[str], conversion: name_maps.Conversion,
+         reinit: str = "", strict: bool = False) -> MergeReport:
+  """What `merge` will do, without any array: the report, checked when strict.
+
+  Args:
+    targets: every variable path of the model (``"params/head/kernel"``, ...).
+    conversion: the source against the model (its `arrays` may be placeholders:
+      only their paths are read).
+    reinit: regular expression over variable paths to keep fresh ("" for none).
+    strict: refuse anything but loaded or deliberately re-initialized variables.
+
+  Raises:
+    ConfigError: naming ``init_from.strict`` and the first problem, when strict.
+  """
+  pattern = re.compile(reinit) if reinit else None
+  keep = lambda path: bool(pattern and pattern.search(path))  # noqa: E731
+  report = MergeReport(
+      loaded=sorted(p for p in conversion.arrays if not keep(p)),
+      reinitialized=sorted(p for p in targets if keep(p)),
+      missing=sorted(p for p in conversion.missing if not keep(p)),
+      mismatched=[m for m in conversion.mismatched if not keep(m[1])],
+      unexpected=list(conversion.unexpected), dropped=list(conversion.dropped))
+  if strict:
+    problems = ([f"{t} is not in the source" for t in report.missing]
+                + [f"{s} has shape {a}, {t} needs {b}"
+                   for s, t, a, b in report.mismatched]
+                + [f"{s} matches no variable" for s in report.unexpected])
+    if problems:
+      raise ConfigError("init_from.strict", True, f"{problems[0]} ({len(problems)} "
+                        "such); re-initialize those variables with init_from.reinit, "
+                        "or set init_from.strict=False to load what fits")
+  return report
 
 
 def merge(fresh: Any, conversion: name_maps.Conversion, reinit: str = "",
@@ -66,22 +105,6 @@ def merge(fresh: Any, conversion: name_maps.Conversion, reinit: str = "",
   Raises:
     ConfigError: naming ``init_from.strict`` and the first problem, when strict.
   """
-  pattern = re.compile(reinit) if reinit else None
-  keep = lambda path: bool(pattern and pattern.search(path))  # noqa: E731
-  report = MergeReport(
-      loaded=sorted(p for p in conversion.arrays if not keep(p)),
-      reinitialized=sorted(p for p in variables.shapes(fresh) if keep(p)),
-      missing=sorted(p for p in conversion.missing if not keep(p)),
-      mismatched=[m for m in conversion.mismatched if not keep(m[1])],
-      unexpected=list(conversion.unexpected), dropped=list(conversion.dropped))
-  if strict:
-    problems = ([f"{t} is not in the source" for t in report.missing]
-                + [f"{s} has shape {a}, {t} needs {b}"
-                   for s, t, a, b in report.mismatched]
-                + [f"{s} matches no variable" for s in report.unexpected])
-    if problems:
-      raise ConfigError("init_from.strict", True, f"{problems[0]} ({len(problems)} "
-                        "such); re-initialize those variables with init_from.reinit, "
-                        "or set init_from.strict=False to load what fits")
+  report = plan(variables.shapes(fresh), conversion, reinit, strict)
   loaded = {p: conversion.arrays[p] for p in report.loaded}
   return variables.replace(fresh, loaded), report
