@@ -94,7 +94,7 @@ class Trial:
       parts.append(f"m{self.momentum:g}")
     if self.weight_decay is not None:
       parts.append(f"wd{self.weight_decay:g}")
-    digest = hashlib.sha1(without_logging(self.config).to_json(
+    digest = hashlib.sha1(result_config(self.config).to_json(
         sort_keys=True).encode()).hexdigest()
     return "-".join(parts) + "-" + digest[:8]
 
@@ -107,14 +107,16 @@ class Trial:
             "eval_every": self.eval_every}
 
 
-def without_logging(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` without its `logging` section: where metrics go changes no result,
-  so a trial's id and the stored study's experiment leave it out (adding W&B to
-  a finished study re-runs nothing)."""
-  if "logging" not in config:
-    return config
+def result_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` without what changes no result: its `logging` section (where metrics
+  go) and `train.compilation_cache_dir` (where compiled programs are kept). A
+  trial's id and the stored study's experiment leave them out (adding W&B to a
+  finished study, or moving its cache, re-runs nothing)."""
   config = copy.deepcopy(config)
-  del config["logging"]
+  if "logging" in config:
+    del config["logging"]
+  if "compilation_cache_dir" in config.get("train", {}):
+    del config.train["compilation_cache_dir"]
   return config
 
 

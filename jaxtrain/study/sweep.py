@@ -255,7 +255,7 @@ def _run_trials(config: ml_collections.ConfigDict, workdir: str, devices,
   # JSON round trip: compared with a stored header as it reads back.
   header = json.loads(json.dumps({
       "target": str(target), "study": study.to_dict(),
-      "experiment": grid.without_logging(experiment).to_dict(),
+      "experiment": grid.result_config(experiment).to_dict(),
       "num_train_examples": len(train_source)}))
   stored, previous = results.load_results(workdir)
   where = str(epath.Path(workdir) / results.RESULTS_JSON)

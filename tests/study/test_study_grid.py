@@ -74,6 +74,13 @@ def test_ids_change_with_the_experiment_config():
   assert {t.id for t in a}.isdisjoint({t.id for t in grid.make_trials(c, 100)})
 
 
+def test_ids_ignore_where_programs_are_cached():
+  a = grid.make_trials(_study(batch_sizes=(8,)), 100)
+  c = _study(batch_sizes=(8,))
+  c.train.compilation_cache_dir = "/shared/cache"
+  assert [t.id for t in a] == [t.id for t in grid.make_trials(c, 100)]
+
+
 @pytest.mark.parametrize("field,value", [
     ("batch_sizes", ()), ("batch_sizes", (8, 0)), ("lr_rule", "cubic"),
     ("lr_grid", (1.0, -2.0)), ("seeds", (0.5,)), ("eval_every", -1),
