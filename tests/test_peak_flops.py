@@ -1,4 +1,7 @@
 """The peak-FLOP/s table's lookup from device kinds, and MFU."""
+import os
+import subprocess
+import sys
 import types
 
 import jax
@@ -60,3 +63,14 @@ def test_mfu():
 def test_mfu_refuses_nonpositive_inputs(args):
   with pytest.raises(ValueError, match="mfu needs"):
     pf.mfu(*args)
+
+
+def test_measured_matmul_rate_prints_one_number_for_train_peak_tflops():
+  # `--config.train.peak_tflops=$(python -m jaxtrain.peak_flops)`: stdout is the
+  # number alone; what it is goes to stderr.
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "jaxtrain.peak_flops"], env=env,
+                        capture_output=True, text=True, timeout=300, check=True)
+  tflops = float(proc.stdout)
+  assert 0 < tflops < 1e4, proc.stdout
+  assert "measured float32 matmul TFLOP/s of one 'cpu' device" in proc.stderr
