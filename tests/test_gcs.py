@@ -152,3 +152,19 @@ def test_object_log_uploads_a_flushed_line_without_close(gcs):
     time.sleep(0.1)
   assert gcs.read("objlog/timer.jsonl") == b"a\nb\n"
   log.close()
+
+
+def test_eval_of_a_bucket_run_writes_its_result_into_the_bucket(runs, gcs):
+  before = {n: gcs.read(n) for n in gcs.names("run/")
+            if not n.startswith("run/compile_cache/")}
+  assert cli.main(["eval", f"--config={EXPERIMENT}", f"--workdir=gs://{BUCKET}/run",
+                   *(f"--config.{o}" for o in OVERRIDES),
+                   "--config.train.num_steps=8"]) == 0
+  logged = [json.loads(line) for line in gcs.read("run/metrics.jsonl").splitlines()]
+  result = json.loads(gcs.read("run/eval_8.json"))
+  assert result["step"] == 8
+  assert result["metrics"]["eval/accuracy"] == logged[-1]["eval/accuracy"]
+  after = {n: gcs.read(n) for n in gcs.names("run/")
+           if not n.startswith("run/compile_cache/")}
+  assert {n for n in after if n not in before} == {"run/eval_8.json"}
+  assert all(after[n] == before[n] for n in before)  # the run's objects unchanged
