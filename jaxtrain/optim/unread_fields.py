@@ -17,6 +17,7 @@ from typing import Any, Callable, Collection, Iterable
 import ml_collections
 
 from jaxtrain.errors import ConfigError
+from jaxtrain.optim import plugins
 from jaxtrain.optim.defaults import OPTIMIZERS
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +183,7 @@ def _is_plugin(s: Any) -> bool:
 
 
 def _plugin_note(s: Any, control: str) -> str:
-  if control != "name" or not _is_plugin(s):
+  if control != "name" or not plugins.is_plugin(get(s, "name")):
     return ""
   return " (a plug-in reads its own options from optimizer.kwargs: pass it there)"
 
@@ -268,6 +269,9 @@ def check(section: Any, defaults: ml_collections.ConfigDict,
     defaults: `default_config()`.
     given: fields (relative to the section) set on the command line.
   """
+  name = get(section, "name")
+  if name not in OPTIMIZERS and not plugins.is_plugin(name):
+    plugins.resolve(name)  # an unknown name: said first, not its unread fields
   check_rules(section, defaults, RULES, "optimizer.", given)
 
 
