@@ -78,12 +78,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       match the checkpoint (--config).
   """
   directory = checkpoints_of(workdir)
-  exp = _build(config, split, devices)
-  program = compile_program(exp, abstract=True)  # jitted, nothing initialized
   with checkpoint.ReadOnlyCheckpoints(directory) as saved:
-    step = _pick_step(saved.steps(), step, directory)
+    step = _pick_step(saved.steps(), step, directory)  # flags first: nothing built
+    metadata = saved.state_metadata(step)["train"]
+    if ema and not metadata.get("ema"):
+      raise ConfigError("--ema", True, f"the checkpoint at step {step} in "
+                        f"{directory} holds no EMA weights (the run had "
+                        "train.ema_decay=0); leave out --ema")
+    exp = _build(config, split, devices)
+    program = compile_program(exp, abstract=True)  # jitted, nothing initialized
     target = _restore_target(program.abstract_state, ema)
-    _check_saved(saved.state_metadata(step)["train"], target, step, directory)
+    _check_shapes(metadata, target, step, directory)
     restored = saved.restore_part(step, {"train": target})["train"]
   weights = restored["ema"] if ema else restored
   state = TrainState(step=restored["step"], params=weights["params"],
@@ -143,13 +148,9 @@ def _restore_target(abstract: TrainState, ema: bool) -> dict[str, Any]:
   return {"step": abstract.step, **({"ema": weights} if ema else weights)}
 
 
-def _check_saved(saved: Any, target: dict[str, Any], step: int,
-                 directory: str) -> None:
-  """--ema needs saved EMA weights; the config's model must match the saved one."""
-  if "ema" in target and not saved.get("ema"):
-    raise ConfigError("--ema", True, f"the checkpoint at step {step} in {directory} "
-                      "holds no EMA weights (the run had train.ema_decay=0); leave "
-                      "out --ema")
+def _check_shapes(saved: Any, target: dict[str, Any], step: int,
+                  directory: str) -> None:
+  """The config's model must match the saved one (named as --config)."""
   part = {k: saved.get(k) for k in target}
   diffs = checkpoint.shape_differences(target, part)
   if diffs:

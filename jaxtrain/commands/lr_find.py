@@ -51,17 +51,20 @@ def handle(args: argparse.Namespace, config: Any) -> int:
   """Runs the test in --workdir (held: one run per workdir); 1 when its first
   step already diverged."""
   multihost.join(args)
+  import jax  # pylint: disable=g-import-not-at-top
   from jaxtrain import compile_cache, lease, runner  # pylint: disable=g-import-not-at-top
   from jaxtrain.study import lr_find  # pylint: disable=g-import-not-at-top
   lr_find.check_smoothing(args.smoothing, args.divergence_factor)
   runner.check_workdir(args.workdir)
   test_config = lr_find.range_config(config, args.min_lr, args.max_lr,
                                      args.num_steps, args.optimizer)
-  # One run per workdir (exits 2 naming the holder); its programs cached.
-  with lease.held(args.workdir), compile_cache.for_run(
-      test_config.train.compilation_cache_dir, args.workdir):
-    result = lr_find.run_range_test(test_config, args.smoothing,
-                                    args.divergence_factor)
+  with lease.held(args.workdir):  # one run per workdir; exits 2 naming the holder
+    with compile_cache.for_run(test_config.train.compilation_cache_dir,
+                               args.workdir) as cache:
+      result = lr_find.run_range_test(test_config, args.smoothing,
+                                      args.divergence_factor)
+    if cache is not None and jax.process_index() == 0:
+      print(cache.summary())
     return _report(result, test_config, args.workdir)
 
 
