@@ -182,8 +182,10 @@ def _critical_lines(crit: Mapping[str, critical_batch.CriticalBatch],
     lines.append(f"| {opt} | {knee} | {_fmt(c.predicted_early, '.0f')} | "
                  f"{_fmt(c.predicted_at_target, '.0f')} | {_fmt(ratio, '.2f')} |")
   if all(c.predicted_early is None for c in crit.values()):
-    lines += ["", f"No trial logged `{critical_batch.NOISE_SCALE_KEY}`: turn on "
-              "`train.diagnostics` in the study's experiment for the prediction."]
+    lines += ["", f"No trial logged `{critical_batch.NOISE_SCALE_KEY}`, so nothing is "
+              "predicted: it needs `train.diagnostics` on and more than one "
+              "data-parallel replica, without batch norm (on a CPU, e.g. "
+              "XLA_FLAGS=--xla_force_host_platform_device_count=8)."]
   return lines
 
 

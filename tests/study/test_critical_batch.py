@@ -77,8 +77,9 @@ def test_report_md_puts_the_knee_beside_the_prediction():
 
 def test_report_md_says_how_to_get_the_noise_scale_when_no_trial_logged_it():
   text = report.markdown({}, _records("sgd", MODEL_STEPS))
-  assert "No trial logged `train/gradient_noise_scale`" in text
-  assert "train.diagnostics" in text
+  assert "No trial logged `train/gradient_noise_scale`, so nothing is predicted" in (
+      text)
+  assert "train.diagnostics" in text and "more than one data-parallel replica" in text
 
 
 def test_steps_to_target_png_marks_the_knee_and_the_prediction(tmp_path):
