@@ -258,6 +258,7 @@ SWEEP = [
     (["--config.study.seeds=(0, 100000000000000000000)"], "config.study.seeds="),
     (["--config.study.max_steps=1000000000000"], "config.study.max_steps="),
     (["--config.study.target=eval/accuracy >= 1.5"], "config.study.target="),
+    (["--config.init_from.workdir=/tmp"], "config.init_from.workdir='/tmp': a sweep"),
 ]
 
 

@@ -19,6 +19,7 @@ import pytest
 from jaxtrain import cli, config as config_lib, init_from, runner
 from jaxtrain.parallel import rules as rules_lib
 from jaxtrain.program import compile_program
+from jaxtrain.study import lr_find
 from test_bad_inputs import _refused  # pylint: disable=g-import-not-at-top
 from pretrained.test_name_maps import torchvision_state_dict  # pylint: disable=g-import-not-at-top
 
@@ -265,6 +266,19 @@ def test_a_resumed_run_continues_its_own_weights_without_the_source(source,
   out = capsys.readouterr().out
   assert ("init_from is not read: the run resumed its own checkpoint at step 10"
           in out), out
+
+
+def test_lr_find_starts_from_the_source_weights(source, capsys):
+  workdir, _ = source
+  losses = {}
+  for name, extra in (("scratch", ()), ("tuned", (f"init_from.workdir={workdir}",))):
+    config = lr_find.range_config(_digits("model.use_bn=True", *extra), 1e-4, 1e-3, 3)
+    losses[name] = lr_find.run_range_test(config).losses[0]
+  assert "init_from: starting from the weights at step 30" in capsys.readouterr().out
+  # The first loss is the loss of the starting weights (in train mode: dropout,
+  # batch statistics): about ln(10) = 2.3 fresh, far lower after 30 trained steps
+  # (2.65 and 1.41 here).
+  assert losses["scratch"] > 2.0 and losses["tuned"] < 0.6 * losses["scratch"], losses
 
 
 # Refusals that need a source run: exit 2, one line naming the field, nothing

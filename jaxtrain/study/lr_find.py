@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxtrain import optim, runner, step as step_lib
+from jaxtrain import init_from, optim, runner, step as step_lib
 from jaxtrain import program as program_lib
 from jaxtrain.data import pipeline
 from jaxtrain.errors import ConfigError
@@ -130,8 +130,11 @@ def run_range_test(config: ml_collections.ConfigDict, smoothing: float = 0.98,
   rules = config.sharding.rules
   # No weight-average copy: the test reads only the loss. Distillation: the loss
   # needs the teacher's logits, so its variables come along (`teacher_args`).
-  program = program_lib.compile_program(dataclasses.replace(exp, ema=None))
-  state, teacher = program.state, program.teacher_args
+  exp = dataclasses.replace(exp, ema=None)
+  program = program_lib.compile_program(exp)
+  # With `init_from`, the weights a fine-tune would start from.
+  state = init_from.start(exp, program, program.state, None, print)
+  teacher = program.teacher_args
   batch_sh = mesh_lib.batch_sharding(exp.mesh)
   it = pipeline.train_iterator(exp.train_source, config.train.batch_size, config.seed)
   lrs, losses, smoothed, diverged, avg = [], [], [], False, 0.0

@@ -212,6 +212,15 @@ def _watch(watcher, workdir: str) -> None:
       "and the group in progress runs again on a re-run")
 
 
+def _refuse_init_from(section: ml_collections.ConfigDict) -> None:
+  """Trials start from their own seeds' init: `init_from` would not be read."""
+  for field in ("workdir", "file"):
+    if section[field]:
+      raise ConfigError(f"init_from.{field}", section[field], "a sweep trains "
+                        "every trial from scratch and does not read init_from; "
+                        "set it to '' (jaxtrain train and lr-find read it)")
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str, devices=None,
               watcher=None, log: Callable[[str], None] = print) -> list[Record]:
   """Runs (or resumes) the study in `workdir`; returns its trial records.
@@ -230,6 +239,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, devices=None,
   it compiled before.
   """
   experiment, _ = grid.split(config)
+  _refuse_init_from(experiment.init_from)
   runner.check_workdir(workdir)
   with compile_cache.for_run(experiment.train.compilation_cache_dir,
                              workdir) as cache:
