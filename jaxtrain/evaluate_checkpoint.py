@@ -63,7 +63,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   Args:
     config: the run's experiment config (with any eval overrides).
     workdir: the run's workdir (its `checkpoints/` is read, nothing written).
-    step: a kept step; None: the newest.
+    step: a kept step; None (or 0): the newest.
     split: the split to evaluate (default: the config's `data.eval_split`).
     ema: evaluate the EMA weights instead of the raw ones.
     devices: devices of the mesh (default: all).
@@ -79,7 +79,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   directory = checkpoints_of(workdir)
   with checkpoint.ReadOnlyCheckpoints(directory) as saved:
-    step = _pick_step(saved.steps(), step, directory)  # flags first: nothing built
+    # The flags first: a bad one costs no model trace.
+    step = checkpoint.choose_step(saved.steps(), step or 0, ("--workdir", "--step"),
+                                  workdir, "model")
     metadata = saved.state_metadata(step)["train"]
     if ema and not metadata.get("ema"):
       raise ConfigError("--ema", True, f"the checkpoint at step {step} in "
@@ -105,11 +107,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
 def checkpoints_of(workdir: str) -> str:
   """The run's checkpoint directory; ConfigError naming --workdir if it has none."""
-  directory = checkpoint.checkpoint_dir(workdir)
-  if not epath.Path(directory).exists():
-    raise ConfigError("--workdir", workdir, f"no checkpoints in {directory}; name "
-                      "the workdir of a `jaxtrain train` run")
-  return directory
+  return checkpoint.checkpoints_of(workdir, "--workdir", "evaluated")
 
 
 def _build(config: ml_collections.ConfigDict, split: str | None,
@@ -126,19 +124,6 @@ def _build(config: ml_collections.ConfigDict, split: str | None,
     if e.field not in ("data.eval_split", "data.train_split") or e.value != split:
       raise
     raise ConfigError("--split", split, str(e).split(": ", 1)[-1]) from None
-
-
-def _pick_step(steps: Sequence[int], step: int | None, directory: str) -> int:
-  if not steps:
-    raise ConfigError("--workdir", os.path.dirname(directory), f"no complete "
-                      f"checkpoint in {directory}; train there first")
-  if step is None:
-    return max(steps)
-  if step not in steps:
-    raise ConfigError("--step", step, f"no checkpoint of that step in {directory}; "
-                      "name a kept step (or leave --step out for the newest)",
-                      choices=[str(s) for s in sorted(steps)])
-  return step
 
 
 def _restore_target(abstract: TrainState, ema: bool) -> dict[str, Any]:

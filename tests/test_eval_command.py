@@ -84,7 +84,7 @@ def test_eval_of_another_split_covers_it_once(run):
 
 
 @pytest.mark.parametrize("flags,named", [
-    (["--step=30"], "--step=30"),
+    (["--step=30"], "--step=30"),  # kept: 20 and 40
     (["--split=validation"], "--split='validation'"),
 ])
 def test_bad_step_or_split_exits_2_naming_the_flag(run, capsys, flags, named):
