@@ -71,7 +71,8 @@ def steps_to_target(records: Sequence[Record], path: PathLike, target: str = "",
 def steps_to_target_figure(records: Sequence[Record], target: str = "",
                            critical: Mapping[str, Any] | None = None) -> Figure:
   """The figure `steps_to_target` saves."""
-  fig = Figure(figsize=(6.4, 4.6))
+  # With the critical-batch marks the legend is long: beside the axes, not on them.
+  fig = Figure(figsize=(9.6 if critical else 6.4, 4.6))
   ax = fig.subplots()
   lowest = float("inf")
   for i, (opt, best) in enumerate(_by_optimizer(records).items()):
@@ -95,7 +96,10 @@ def steps_to_target_figure(records: Sequence[Record], target: str = "",
   ax.set_title((f"Steps to {target}" if target else "Steps to target")
                + "\n(dashed: perfect scaling from the smallest batch size)")
   ax.grid(True, which="both", alpha=0.3)
-  _legend(ax, fontsize=7)
+  if critical:
+    _legend(ax, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  else:
+    _legend(ax)
   return fig
 
 
