@@ -16,7 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtrain import cli, config as config_lib, init_from, runner
+import processes
+
+from jaxtrain import checkpoint, cli, config as config_lib, init_from, runner
 from jaxtrain.parallel import rules as rules_lib
 from jaxtrain.program import compile_program
 from jaxtrain.study import lr_find
@@ -76,6 +78,35 @@ def test_restore_on_another_mesh_gives_the_source_params_exactly(source):
   assert int(state.step) == 0 and state.ema is None
   for trace in jax.tree.leaves(state.opt_state):
     np.testing.assert_array_equal(np.asarray(trace), 0)
+
+
+@pytest.mark.slow
+def test_two_processes_on_another_mesh_start_from_the_source_params(source, tmp_path):
+  """2 processes x 4 devices (fsdp=4, model=2) from a 1 x 8 (data=8) run: every
+  process restores its own shards. The params are frozen, so the run's checkpoint
+  holds exactly what it started from."""
+  workdir, saved = source
+  run = str(tmp_path / "run")
+  port = processes.free_port()
+  flags = ["--config.train.num_epochs=0", "--config.train.num_steps=2",
+           "--config.optimizer.schedule.warmup_steps=1", "--config.model.use_bn=True",
+           "--config.optimizer.freeze=('.*',)", f"--config.init_from.workdir={workdir}",
+           "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.mesh.model=2",
+           f"--config.sharding.rules={rules_lib.RULES_FSDP_TP!r}"]
+  outs = processes.run_together(
+      [processes.jaxtrain_cmd("train", f"--config={DIGITS}", f"--workdir={run}",
+                              *flags, *processes.multihost_flags(port, 2, i))
+       for i in range(2)], processes.cpu_env(4), timeout=600)
+  assert "init_from: starting from the weights at step 30" in outs[0]
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                       sharding=one_device),
+                        saved.params)
+  with checkpoint.ReadOnlyCheckpoints(os.path.join(run, "checkpoints")) as ckpts:
+    restored = ckpts.restore_part(2, {"train": {"params": target}})["train"]
+  for path, value in _flat(saved.params).items():
+    np.testing.assert_array_equal(_flat(restored["params"])[path], value,
+                                  err_msg=path)
 
 
 def test_ema_weights_and_fresh_batch_statistics_on_request(source):
