@@ -8,6 +8,11 @@ The chain, in order (each stage present only when its field is on):
     -> -learning rate -> per-path LR multipliers -> zero frozen updates
     -> parameter EMA]
 
+A plug-in optimizer (`optimizer.name` a registered name or "package.module:factory",
+`jaxtrain.optim.plugins`) takes the place of "direction -> weight decay -> -learning
+rate": its factory's update (given the learning-rate schedule), then decoupled
+weight decay scaled by the same schedule (`weight_decay.decoupled_weight_decay`).
+
 `default_config()` is the whole optimizer section; every field's default means "off"
 (or is the usual value of that optimizer's hyperparameter). All step counts
 (`total_steps`, warmup, decay steps, boundaries) count train steps, i.e. calls to
