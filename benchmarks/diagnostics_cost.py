@@ -4,7 +4,9 @@ For each model, the runner's own jitted step (`program.compile_program`) is buil
 twice, diagnostics off and on, on the same data-parallel mesh of --devices CPU
 devices, and timed interleaved (off, on, on, off, ...) so machine load affects
 both alike; the cost is the median of the per-round ratios on / off (with
-quartiles), printed with the load average before and after.
+quartiles), printed with the load average before and after, for wall-clock time
+and for this process's CPU time (less sensitive to other processes on a shared
+machine; XLA:CPU's threads spin little, so it tracks the work done).
 
   digits    the registry's `cnn` (experiments/digits_cnn.py: 2 conv layers, no batch
             norm), batch 64 of 8x8 digits, momentum: update norms and, with more
@@ -94,22 +96,25 @@ def measure(name: str, config, rounds: int, steps: int) -> None:
   steps of each program."""
   off, _ = timed_step(config, False)
   on, notes = timed_step(config, True)
-  ratios, times = [], {"off": [], "on": []}
+  ratios = {"wall": [], "cpu": []}
+  times = {(c, label): [] for c in ratios for label in ("off", "on")}
   load = os.getloadavg()[0]
   for r in range(rounds):
     pair = (("off", off), ("on", on)) if r % 2 == 0 else (("on", on), ("off", off))
-    got = {}
     for label, fn in pair:
-      t = time.perf_counter()
+      wall, cpu = time.perf_counter(), time.process_time()
       fn(steps)
-      got[label] = (time.perf_counter() - t) / steps
-      times[label].append(got[label])
-    ratios.append(got["on"] / got["off"])
-  q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-  print(f"{name}: step off {statistics.median(times['off']) * 1e3:.1f} ms, on "
-        f"{statistics.median(times['on']) * 1e3:.1f} ms; on/off {statistics.median(ratios):.3f}"
-        f" (quartiles {q[0]:.3f}..{q[2]:.3f}, {rounds} rounds); load average "
-        f"{load:.2f} -> {os.getloadavg()[0]:.2f}")
+      times["wall", label].append((time.perf_counter() - wall) / steps)
+      times["cpu", label].append((time.process_time() - cpu) / steps)
+    for clock in ratios:
+      ratios[clock].append(times[clock, "on"][-1] / times[clock, "off"][-1])
+  print(f"{name} ({rounds} rounds of {steps} steps each; load average {load:.2f} -> "
+        f"{os.getloadavg()[0]:.2f}):")
+  for clock, values in ratios.items():
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    print(f"  {clock:4s} time per step off {statistics.median(times[clock, 'off']) * 1e3:8.1f}"
+          f" ms, on {statistics.median(times[clock, 'on']) * 1e3:8.1f} ms; on/off "
+          f"{statistics.median(values):.3f} (quartiles {q[0]:.3f}..{q[2]:.3f})")
   for note in notes:
     print(f"  {note}")
 
