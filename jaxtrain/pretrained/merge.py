@@ -71,10 +71,13 @@ def plan(targets: Iterable[str], conversion: name_maps.Conversion,
   """
   pattern = re.compile(reinit) if reinit else None
   keep = lambda path: bool(pattern and pattern.search(path))  # noqa: E731
+  # A variable the source has with another shape is a mismatch, not missing too.
+  other_shape = {m[1] for m in conversion.mismatched}
   report = MergeReport(
       loaded=sorted(p for p in conversion.arrays if not keep(p)),
       reinitialized=sorted(p for p in targets if keep(p)),
-      missing=sorted(p for p in conversion.missing if not keep(p)),
+      missing=sorted(p for p in conversion.missing
+                     if not keep(p) and p not in other_shape),
       mismatched=[m for m in conversion.mismatched if not keep(m[1])],
       unexpected=list(conversion.unexpected), dropped=list(conversion.dropped))
   if strict:
