@@ -122,8 +122,7 @@ def _with_noise_scale(exp: Experiment, state: TrainState | None,
   settings = step_diag.Settings.from_config(exp.config)
   if settings is None:
     return state, abstract_state, shardings, ()
-  why = step_diag.noise_scale_note(step_diag.replicas(exp.mesh.abstract_mesh),
-                                   abstract_state.model_state)
+  why = step_diag.noise_scale_note(exp.mesh.abstract_mesh, abstract_state.model_state)
   if why is not None:
     return state, abstract_state, shardings, settings.notes + (why,)
   shardings = step_diag.noise_scale_shardings(shardings,

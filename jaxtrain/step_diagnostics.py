@@ -21,7 +21,6 @@ noise scale with one replica (no second batch size) or with batch statistics
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -33,6 +32,7 @@ from jaxtrain import noise_scale, update_stats
 from jaxtrain.optim import defaults as optim_defaults
 from jaxtrain.optim import masks
 from jaxtrain.parallel import mesh as mesh_lib
+from jaxtrain.parallel.batchnorm import data_parallel_size
 
 PREFIX = "diagnostics/"
 STEPS = PREFIX + "steps"  # finite steps in the window: the divisor of the means
@@ -73,15 +73,6 @@ class Settings:
     return cls(kind, opt, tuple(notes))
 
 
-def replicas(mesh: jax.sharding.AbstractMesh | None = None) -> int:
-  """Data-parallel replicas of the active (or given) mesh: the product of the
-  batch axes' sizes; 1 without a mesh."""
-  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
-  if mesh.empty:
-    return 1
-  return math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES if a in mesh.shape)
-
-
 def init_noise_scale(state: Any) -> Any:
   """`state` with empty noise-scale averages (the step then measures the scale)."""
   return state.replace(noise_scale=noise_scale.init())
@@ -93,9 +84,11 @@ def noise_scale_shardings(state_shardings: Any, replicated: Any) -> Any:
       lambda _: replicated, noise_scale.init()))
 
 
-def noise_scale_note(replicas: int, model_state: Any) -> str | None:
-  """Why the noise scale cannot be measured in this program, or None if it can."""
-  if replicas < 2:
+def noise_scale_note(mesh: jax.sharding.AbstractMesh, model_state: Any
+                     ) -> str | None:
+  """Why the noise scale cannot be measured on `mesh` for a model with
+  `model_state`, or None if it can."""
+  if data_parallel_size(mesh) < 2:
     return ("train/gradient_noise_scale not logged: it needs more than one "
             "data-parallel replica (mesh.data x mesh.fsdp is 1), whose gradients give "
             "the second batch size")
@@ -108,6 +101,7 @@ def noise_scale_note(replicas: int, model_state: Any) -> str | None:
 
 def _trust_ratios(s: Settings, grads: Any, params: Any, opt_state: Any
                   ) -> dict[str, jax.Array]:
+  """The trust-ratio metrics of LARS (formula) or LAMB (its Adam moments)."""
   o = s.optimizer
   decayed = masks.regex_mask(o.weight_decay_mask, default=masks.ndim_above_1)(params)
   if s.trust_ratio == "lars":

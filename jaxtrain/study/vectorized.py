@@ -306,8 +306,8 @@ def _with_noise_scale(exp: runner.Experiment, states: TrainState, shardings: Any
                       ) -> tuple[TrainState, Any]:
   """Stacked states (and shardings) with each trial's noise-scale averages, where
   the group's program can measure the scale (`step_diagnostics.noise_scale_note`)."""
-  replicas = step_diagnostics.replicas(exp.mesh.abstract_mesh)
-  if step_diagnostics.noise_scale_note(replicas, states.model_state) is not None:
+  if step_diagnostics.noise_scale_note(exp.mesh.abstract_mesh,
+                                      states.model_state) is not None:
     return states, shardings
   size = states.step.shape[0]
   replicated = sharding.replicated(exp.mesh)
