@@ -1,7 +1,8 @@
 """Your own optimizer through jaxtrain: Signum, written below, on the digits.
 
     jaxtrain train --config=experiments/digits_signum.py --workdir=/tmp/digits_signum
-    jaxtrain sweep --config=experiments/digits_signum.py:study --workdir=/tmp/signum_study
+    jaxtrain sweep --config=experiments/digits_signum.py:study \
+        --workdir=/tmp/signum_study
 
 Signum (Bernstein et al. 2018, "signSGD: Compressed Optimisation for Non-Convex
 Problems", arXiv 1802.04434) steps by the sign of a moving average of the gradient:
@@ -16,7 +17,10 @@ the built-in optimizers. Same model, data and schedule as experiments/digits_cnn
 momentum is the factory's own argument: the sweep varies it per trial inside one
 vectorized program (`optax.inject_hyperparams`), which works because `signum` uses
 it only in array arithmetic (a Python `if` on it would be refused, naming
-study.momentum).
+study.momentum). Run here (2 busy CPU cores, 6 minutes, 18 trials in 3 programs):
+97% at step 99 (batch 32, lr 0.00125), 39 (batch 128, lr 0.005) and 30 (batch 512,
+lr 0.005), all with momentum 0.9: scaling efficiency 0.64 at 128 and 0.21 at 512,
+a measured knee near batch 200.
 """
 import os
 from typing import Any, NamedTuple
@@ -64,6 +68,7 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 1e-4  # decoupled, scaled by the schedule (as AdamW)
   if arg == "study":
     c.data.source = "arrays"  # the same digits, in memory
+    c.optimizer.learning_rate = 0.005  # the grid's centre at base_batch_size
     c.optimizer.schedule.name = "constant"  # steps-to-target needs no decay
     c.optimizer.schedule.warmup_steps = 0
     c.train.eval_batch_size = 360
@@ -76,7 +81,7 @@ def get_config(arg=None):
     s.momentum = (0.9, 0.99)
     s.target = "eval/accuracy >= 0.97"
     s.eval_every_epochs = 0.25
-    s.max_steps, s.max_epochs = 2000, 30.0
+    s.max_steps, s.max_epochs = 2000, 60.0
     c.study = s
   elif arg:
     raise ValueError(f"get_config({arg!r}): the only variant is 'study'")
