@@ -1,24 +1,26 @@
 """The critical batch size per optimizer: measured from steps-to-target, and
 predicted from the gradient noise scale the trials logged.
 
-Measured knee. The scaling efficiency of batch size b against the smallest batch
-size b0 that reached the target (`report.summary_rows`),
+Measured knee. Per optimizer, with E(b) the examples batch size b needs to reach
+the target (its best trial) and E_min the fewest at any batch size tried, the
+efficiency
 
-  efficiency(b) = steps(b0) * b0 / (b * steps(b)),
+  efficiency(b) = E_min / E(b)
 
-is the examples b0 needs over the examples b needs: 1 on Shallue et al. 2018's
-perfect-scaling line (arXiv 1811.03600, steps proportional to 1 / batch size). The
-knee is the batch size where it falls through `KNEE_EFFICIENCY` = 0.5, interpolated
-linearly in log2(batch size) between the last batch size at >= 0.5 and the first
-below it (None when no batch size tried falls below 0.5).
-
-Why 0.5: McCandlish et al. 2018 (An Empirical Model of Large-Batch Training, arXiv
-1812.06162) sec. 2.3, eq. 2.11: steps S and examples E to a given loss trade off as
-(S / S_min - 1)(E / E_min - 1) = 1, i.e. S = S_min (1 + B_crit / B) and
-E = E_min (1 + B / B_crit) with B_crit = E_min / S_min. Then E_min / E(B) =
-1 / (1 + B / B_crit), which is 0.5 exactly at B = B_crit: twice the minimum
-examples, twice the minimum steps. Our efficiency takes E(b0) for E_min, which is
-within a factor (1 + b0 / B_crit) of it: close when b0 << B_crit.
+is 1 where no examples are wasted. McCandlish et al. 2018 (An Empirical Model of
+Large-Batch Training, arXiv 1812.06162) sec. 2.3, eq. 2.11: steps S and examples E
+to a given loss trade off as (S / S_min - 1)(E / E_min - 1) = 1, i.e.
+E = E_min (1 + B / B_crit) and S = S_min (1 + B_crit / B) with B_crit = E_min /
+S_min, so E_min / E(B) = 1 / (1 + B / B_crit) is `KNEE_EFFICIENCY` = 0.5 exactly
+at B = B_crit (twice the minimum examples, twice the minimum steps). The knee is
+the batch size where the efficiency first falls through 0.5 going up the grid,
+interpolated linearly in log2(batch size) between the last batch size at >= 0.5
+and the first below it (None when none falls below). The model's E_min is the limit
+B -> 0; the fewest examples tried stand in for it, within a factor
+(1 + b_smallest / B_crit). (The report's table keeps Shallue et al. 2018's
+efficiency against the smallest batch size, arXiv 1811.03600; the two agree while
+the smallest batch size needs the fewest examples, and E_min keeps a slow,
+badly-tuned smallest batch size, e.g. LARS at batch 8, from moving the knee.)
 
 Prediction. The simple noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al.
 sec. 2.2, `jaxtrain.noise_scale`) predicts B_crit (the paper finds the two agree
@@ -93,17 +95,20 @@ def _median(values: Sequence[Optional[float]]) -> Optional[float]:
 
 def critical_batches(records: Sequence[Record], rows: Sequence[Mapping[str, Any]]
                      ) -> dict[str, CriticalBatch]:
-  """Per optimizer (study order): the knee from `rows` (`report.summary_rows`) and
-  the noise scale of its best trials (`targets.best_trials(records)`)."""
+  """Per optimizer (study order): the knee from the examples to target in `rows`
+  (`report.summary_rows`) and the noise scale of its best trials
+  (`targets.best_trials(records)`)."""
   best = targets.best_trials(records)
   out = {}
   for opt in dict.fromkeys(r["optimizer"] for r in rows):
-    ok = [r for r in rows if r["optimizer"] == opt and r["efficiency"] is not None]
+    ok = [r for r in rows
+          if r["optimizer"] == opt and r["examples_to_target"] is not None]
     trials = [best[(r["batch_size"], opt)] for r in ok]
     curves = [t.get("curve", []) for t in trials]
+    e_min = min((r["examples_to_target"] for r in ok), default=None)
     out[opt] = CriticalBatch(
         knee=efficiency_knee([r["batch_size"] for r in ok],
-                             [r["efficiency"] for r in ok]),
+                             [e_min / r["examples_to_target"] for r in ok]),
         predicted_early=_median([first_noise_scale(c) for c in curves]),
         predicted_at_target=_median([noise_scale_at(c, t["steps_to_target"])
                                      for c, t in zip(curves, trials)]))

@@ -161,8 +161,9 @@ def _critical_lines(crit: Mapping[str, critical_batch.CriticalBatch],
                     rows: Sequence[Mapping[str, Any]]) -> list[str]:
   """The critical-batch table: measured knee beside the noise-scale prediction."""
   lines = ["", "## Critical batch size", "",
-           "Measured knee: the batch size where the efficiency falls through "
-           f"{critical_batch.KNEE_EFFICIENCY} (interpolated in log2 batch size): "
+           "Measured knee: the batch size where E_min / E(b) first falls through "
+           f"{critical_batch.KNEE_EFFICIENCY} (E: examples to the target; E_min: the "
+           "fewest at any batch size tried; interpolated in log2 batch size): "
            "McCandlish et al. 2018 (arXiv 1812.06162, eq. 2.11) put the critical "
            "batch B_crit = E_min / S_min where a run needs twice the minimum "
            "examples. Predicted: the gradient noise scale B_simple "
@@ -173,7 +174,7 @@ def _critical_lines(crit: Mapping[str, critical_batch.CriticalBatch],
            "knee / predicted at target |", "|---|---:|---:|---:|---:|"]
   for opt, c in crit.items():
     sizes = [r["batch_size"] for r in rows
-             if r["optimizer"] == opt and r["efficiency"] is not None]
+             if r["optimizer"] == opt and r["examples_to_target"] is not None]
     knee = (_fmt(c.knee, ".0f") if c.knee is not None or not sizes
             else f"> {sizes[-1]} (efficiency >= {critical_batch.KNEE_EFFICIENCY} "
             "throughout)")

@@ -29,19 +29,38 @@ def _records(optimizer, steps_by_batch, noise=None):
   return out
 
 
-def test_knee_interpolates_the_efficiency_crossing_in_log2_batch():
-  rows = report.summary_rows(_records("sgd", MODEL_STEPS))
-  # efficiency(b) = 900 * 8 / (b * S(b)): 1, 0.9, 0.75, 0.5625, 0.375, 0.225.
-  effs = [r["efficiency"] for r in rows]
-  np.testing.assert_allclose(effs, [1, 0.9, 0.75, 0.562, 0.375, 0.225], atol=1e-3)
+def _model_knee() -> float:
+  """The knee of MODEL_STEPS by hand: E(b) = b * S(b), efficiency E_min / E(b)."""
+  sizes = np.array(list(MODEL_STEPS))
+  examples = sizes * np.array(list(MODEL_STEPS.values()))
+  eff = examples.min() / examples  # 1, 0.9, 0.75, 0.5625, 0.375, 0.225
+  np.testing.assert_allclose(eff, [1, 0.9, 0.75, 0.5625, 0.375, 0.225])
   # Falls through 0.5 between 64 and 128; linear in log2(b) (np.interp needs
   # increasing x, so interpolate log2(b) as a function of efficiency).
-  expected = 2 ** np.interp(0.5, [0.375, 0.562], [7, 6])
-  knee = critical_batch.efficiency_knee([r["batch_size"] for r in rows], effs)
-  assert math.isclose(knee, expected, rel_tol=1e-12)
-  # The model's B_crit is 64; efficiency against b0 = 8 instead of E_min is
-  # 1.125 / (1 + B / 64), 0.5 at B = 80: the knee lands there, not at 64.
+  return 2 ** np.interp(0.5, [eff[4], eff[3]], [7, 6])
+
+
+def test_knee_interpolates_the_efficiency_crossing_in_log2_batch():
+  records = _records("sgd", MODEL_STEPS)
+  crit = critical_batch.critical_batches(records, report.summary_rows(records))
+  knee = crit["sgd"].knee
+  assert math.isclose(knee, _model_knee(), rel_tol=1e-12)
+  # The model's B_crit is 64; the fewest examples tried (at b = 8) are E_min
+  # times 1 + 8 / 64, so the efficiency is 1.125 / (1 + B / 64), 0.5 at B = 80:
+  # the knee lands there, not at 64.
   assert abs(knee - 80) < 2, knee
+
+
+def test_a_slow_smallest_batch_does_not_move_the_knee():
+  # The same study with batch 8 needing 10x the steps (a badly tuned LARS, say):
+  # against batch 8 every larger batch would look > 100% efficient; against the
+  # fewest examples (batch 16's) the knee is the model's crossing of
+  # 8000 / E(b) through 0.5 between 64 (0.625) and 128 (0.417).
+  slow = {**MODEL_STEPS, 8: 9000}
+  records = _records("lars", slow)
+  crit = critical_batch.critical_batches(records, report.summary_rows(records))
+  expected = 2 ** np.interp(0.5, [8000 / 19200, 8000 / 12800], [7, 6])
+  assert math.isclose(crit["lars"].knee, expected, rel_tol=1e-12)
 
 
 def test_no_crossing_gives_no_knee():
@@ -69,10 +88,10 @@ def test_report_md_puts_the_knee_beside_the_prediction():
   records = _records("sgd", MODEL_STEPS, NOISE) + _records(
       "adam", {16: 800, 32: 400, 64: 200})
   text = report.markdown({"target": "eval/accuracy >= 0.9"}, records)
-  knee = 2 ** np.interp(0.5, [0.375, 0.562], [7, 6])
+  knee = _model_knee()
   assert (f"| sgd | {knee:.0f} | 28 | 58 | {knee / 57.5:.2f} |") in text, text
   assert "| adam | > 64 (efficiency >= 0.5 throughout) | - | - | - |" in text
-  assert "falls through 0.5" in text and "eq. 2.11" in text
+  assert "E_min / E(b) first falls through 0.5" in text and "eq. 2.11" in text
 
 
 def test_report_md_says_how_to_get_the_noise_scale_when_no_trial_logged_it():
