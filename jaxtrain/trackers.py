@@ -20,6 +20,7 @@ sweep share a ``group``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Mapping, Protocol
 
@@ -76,6 +77,10 @@ class WandbTracker:
                tags: tuple[str, ...] = (), directory: str = "", mode: str = ""):
     wandb = _require("wandb", "wandb")
     run_id = _run_ids(workdir).get("wandb")  # None: W&B makes one
+    # W&B reads WANDB_MODE once per process (its wandb.setup() singleton): a second
+    # run in the same process (a sweep, a notebook) would ignore a mode set since.
+    # Read it here, at every run, so the mode the user set now is the one used.
+    mode = mode or os.environ.get("WANDB_MODE", "")
     self._run = wandb.init(
         id=run_id, resume="allow" if run_id else None, project=project or None,
         entity=entity or None, group=group or None, name=name or None,

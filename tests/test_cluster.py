@@ -16,6 +16,7 @@ import pytest
 import processes
 
 from jaxtrain.errors import ConfigError
+from jaxtrain.metrics import TIMING_KEYS
 from jaxtrain.parallel import cluster
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -182,8 +183,7 @@ def _log(workdir):
   """Per step: the logged numbers, without the timings."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  return [{k: v for k, v in r.items() if not k.endswith(("_per_sec", "fraction"))}
-          for r in rows]
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 @pytest.fixture(scope="module")
