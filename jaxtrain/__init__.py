@@ -5,7 +5,8 @@ handlers start before JAX is imported):
 
   Runs:        train, build, TrainResult, TrainingHalted
   Evaluation:  evaluate_checkpoint, CheckpointEval (`jaxtrain eval`)
-  Config:      base_config, load_config, apply_overrides, validate, ConfigError
+  Config:      base_config, load_config, apply_overrides, validate (-> Settings),
+               Settings, ConfigError
   State/steps: TrainState, create_train_state, make_train_step, make_eval_step,
                cross_entropy, get_loss (and `jaxtrain.losses`)
   Precision:   Policy, make_policy
@@ -25,6 +26,7 @@ _EXPORTS = {
     "TrainResult": "jaxtrain.runner", "TrainingHalted": "jaxtrain.loop",
     "base_config": "jaxtrain.config", "apply_overrides": "jaxtrain.config",
     "validate": "jaxtrain.config", "ConfigError": "jaxtrain.errors",
+    "Settings": "jaxtrain.settings",
     "TrainState": "jaxtrain.state", "create_train_state": "jaxtrain.state",
     "make_train_step": "jaxtrain.step", "make_eval_step": "jaxtrain.step",
     "cross_entropy": "jaxtrain.step", "get_loss": "jaxtrain.losses",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
   from jaxtrain.parallel.mesh import make_mesh
   from jaxtrain.precision import Policy, make_policy
   from jaxtrain.runner import TrainResult, build, train
+  from jaxtrain.settings import Settings
   from jaxtrain.state import TrainState, create_train_state
   from jaxtrain.step import cross_entropy, make_eval_step, make_train_step
 

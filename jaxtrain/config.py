@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from jaxtrain import validated
+from jaxtrain import settings, validated
 from jaxtrain.checks import check_choice, check_int, check_keys, keys_of, unknown
 from jaxtrain.errors import ConfigError
 
@@ -54,67 +54,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict({"name": "softmax_cross_entropy"})
   c.data = sources.default_config()
   c.optimizer = optim_defaults.default_config()
-  c.train = _train_section()
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  # Typed sections: defaults and types in jaxtrain.settings (what validate returns).
+  c.train = settings.default_section("train")
+  c.mesh = settings.default_section("mesh")
   c.sharding = ml_collections.ConfigDict(dict(rules=rules.DEFAULT_RULES))
-  c.precision = ml_collections.ConfigDict(dict(
-      compute_dtype="auto",
-      # float32: weight gradients with float32 results, summed across replicas in
-      # float32 | compute: autocast's (bf16, then cast; 1.33x faster ResNet-50
-      # step on one H200, summed in bf16). See jaxtrain/precision.py.
-      weight_grad_dtype="float32",
-  ))
-  c.checkpoint = ml_collections.ConfigDict(dict(
-      every=500,               # save every this many steps (and at the end); 0: end only
-      keep=3,                  # keep the newest N checkpoints (+ the best, with
-                               # train.early_stopping.metric, in workdir/best)
-      restore="auto",          # auto: resume if present | never: start fresh | required
-      async_save=True,
-  ))
+  c.precision = settings.default_section("precision")
+  c.checkpoint = settings.default_section("checkpoint")
   c.distill = _distill_section()
   from jaxtrain import writers  # pylint: disable=g-import-not-at-top
   c.logging = writers.default_config()  # metrics.jsonl, TensorBoard, W&B, MLflow
   c.init_from = init_from.default_config()  # weights a fresh run starts from
   return c
-
-
-def _train_section() -> ml_collections.ConfigDict:
-  """`config.train`: run length, logging, evaluation, stages, EMA, early stopping."""
-  return ml_collections.ConfigDict(dict(
-      batch_size=128,          # global batch size, over all processes
-      num_steps=1000,          # used when num_epochs == 0
-      num_epochs=0.0,          # > 0: num_steps = ceil(num_epochs * train size / batch)
-      log_every=50,            # fetch and write train metrics every this many steps
-      eval_every=0,            # 0: evaluate only at the end
-      eval_batch_size=0,       # 0: same as batch_size
-      on_nonfinite="halt",     # halt | skip: after a step with NaN/Inf loss or grads
-      max_consecutive_skips=10,  # skip: halt after this many skipped steps in a row
-      steps_per_dispatch=1,    # k > 1: k steps per host dispatch (lax.scan)
-      profile_steps=(0, 0),    # (start, stop): JAX profiler trace into workdir/profile
-      # Peak TFLOP/s per device for train/mfu; 0: the device kind's dense bf16
-      # peak (jaxtrain.peak_flops; none for CPUs: then train/mfu is not logged).
-      peak_tflops=0.0,
-      # JAX's persistent compilation cache (jaxtrain.compile_cache): "" is
-      # workdir/compile_cache, a path (e.g. one shared by a pod's hosts) is used
-      # as given, "off" compiles everything afresh.
-      compilation_cache_dir="",
-      # ((from_step, image_size, batch_size), ...): progressive resizing / growing
-      # batches; the first from step 0; 0 keeps the transforms' size / batch_size.
-      stages=(),
-      diagnostics=False,       # per-step update norms/ratios, trust ratios, noise
-                               # scale as train/... (jaxtrain.step_diagnostics)
-      ema_decay=0.0,           # > 0: EMA of params + BN stats, evaluated as eval_ema/
-      ema_warmup_power=0.0,    # > 0: decay min(1 - (1 + (t-1)/gamma)^-power, decay)
-      ema_warmup_gamma=1.0,    #      (timm ModelEmaV3 warmup); 0: constant decay
-      early_stopping=ml_collections.ConfigDict(dict(
-          metric="",           # e.g. "eval/accuracy" or "eval_ema/loss"; "": off
-          mode="max",          # max | min: which direction is better
-          patience=0,          # stop after this many evals without improvement;
-                               # 0: never stop, only keep (and restore) the best
-          min_delta=0.0,       # an improvement must exceed this
-          restore_best=True,   # end with the best checkpoint's state
-      )),
-  ))
 
 
 def _distill_section() -> ml_collections.ConfigDict:
@@ -326,7 +276,7 @@ def _parse(raw: str, old: Any) -> Any:
 
 
 def validate(config: ml_collections.ConfigDict,
-             given: Sequence[str] = ()) -> ml_collections.ConfigDict:
+             given: Sequence[str] = ()) -> settings.Settings:
   """Checks every section before anything compiles.
 
   A field read only under a condition that is off (`jaxtrain.unread_fields`) must
@@ -337,7 +287,8 @@ def validate(config: ml_collections.ConfigDict,
     given: dotted fields set on the command line (``"train.num_steps"``).
 
   Returns:
-    `config`, unchanged (marked as validated: `jaxtrain.validated`).
+    The typed, frozen `jaxtrain.settings.Settings` every later layer reads
+    (`config` itself is left unchanged, marked as validated: `jaxtrain.validated`).
 
   Raises:
     ConfigError: for the first bad field, naming it, its value and the fix.
@@ -381,8 +332,19 @@ def validate(config: ml_collections.ConfigDict,
   from jaxtrain import losses  # pylint: disable=g-import-not-at-top
   losses.check_config(config)
   _check_unread_model_options(config, given)
-  validated.mark(config)  # runner.build and get_source do not check it again
-  return config
+  validated.mark(config)  # a library caller's later layers do not check it again
+  return settings.Settings.from_config(config)
+
+
+def settings_of(config: ml_collections.ConfigDict | settings.Settings
+                ) -> settings.Settings:
+  """`config` as settings: validated now, unless it was already (a library entry
+  given the CLI's `Settings`, or a config `validate` passed unchanged)."""
+  if isinstance(config, settings.Settings):
+    return config
+  if validated.is_marked(config):
+    return settings.Settings.from_config(config)
+  return validate(config)
 
 
 def _check_unread(config, base, given: Sequence[str]) -> None:

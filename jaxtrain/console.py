@@ -65,7 +65,7 @@ def _count(n: float) -> str:
 
 def header(exp: Any, workdir: str, name: str = "") -> list[str]:
   """The lines printed before anything compiles."""
-  c, mesh = exp.config, exp.mesh
+  c, mesh = exp.settings, exp.mesh
   devices = mesh.devices.flat
   platform = devices[0].platform
   length = (f"{exp.total_steps} steps ({c.train.num_epochs:g} epochs)"

@@ -13,7 +13,6 @@ goes to its own `eval_<step>[_ema][_<split>].json`.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -25,9 +24,11 @@ import ml_collections
 from etils import epath
 
 from jaxtrain import checkpoint, runner
+from jaxtrain import config as config_lib
 from jaxtrain.errors import ConfigError
 from jaxtrain.evaluate import evaluate
 from jaxtrain.parallel import mesh as mesh_lib
+from jaxtrain.settings import Settings
 from jaxtrain.parallel import sharding
 from jaxtrain.program import compile_program, make_jitted_eval
 from jaxtrain.state import TrainState
@@ -54,7 +55,7 @@ class CheckpointEval:
   checkpoint: str
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+def evaluate_checkpoint(config: ml_collections.ConfigDict | Settings, workdir: str,
                         step: int | None = None, split: str | None = None,
                         ema: bool = False,
                         devices: list[jax.Device] | None = None) -> CheckpointEval:
@@ -97,11 +98,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                      model_state=weights["model_state"], opt_state=None, rng=None)
   shardings = program.shardings.replace(opt_state=None, rng=None, ema=None,
                                        noise_scale=None)
-  with sharding.activate(exp.mesh, exp.config.sharding.rules):
+  with sharding.activate(exp.mesh, exp.settings.sharding.rules):
     metrics = evaluate(make_jitted_eval(exp, shardings), state, exp.eval_source,
                        exp.eval_batch_size, mesh_lib.batch_sharding(exp.mesh),
                        prefix="eval_ema" if ema else "eval")
-  return CheckpointEval(step, exp.config.data.eval_split, len(exp.eval_source), ema,
+  return CheckpointEval(step, exp.settings.data.eval_split, len(exp.eval_source), ema,
                         metrics, f"{directory}/{step}")
 
 
@@ -110,16 +111,15 @@ def checkpoints_of(workdir: str) -> str:
   return checkpoint.checkpoints_of(workdir, "--workdir", "evaluated")
 
 
-def _build(config: ml_collections.ConfigDict, split: str | None,
+def _build(config: ml_collections.ConfigDict | Settings, split: str | None,
            devices: list[jax.Device] | None) -> runner.Experiment:
-  """`runner.build` of `config` with `data.eval_split` = `split` (on a copy); a
-  split the source does not have is named as --split."""
+  """`runner.build` of `config` with `data.eval_split` = `split`; a split the
+  source does not have is named as --split."""
+  settings = config_lib.settings_of(config)
   if not split:
-    return runner.build(config, devices)
-  config = copy.deepcopy(config)
-  config.data.eval_split = split
+    return runner.build(settings, devices)
   try:
-    return runner.build(config, devices)
+    return runner.build(settings.with_section("data", eval_split=split), devices)
   except ConfigError as e:
     if e.field not in ("data.eval_split", "data.train_split") or e.value != split:
       raise

@@ -36,6 +36,7 @@ from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import sharding
 from jaxtrain.pretrained import files, merge, name_maps
 from jaxtrain.state import TrainState
+from jaxtrain.settings import Settings
 
 if TYPE_CHECKING:
   from jaxtrain.program import Program
@@ -62,7 +63,7 @@ class Source:
   ema: bool = False
 
 
-def configured(config: ml_collections.ConfigDict) -> bool:
+def configured(config: Settings | ml_collections.ConfigDict) -> bool:
   """Whether `config.init_from` names a source."""
   return bool(config.init_from.workdir or config.init_from.file)
 
@@ -95,8 +96,8 @@ def prepare(exp: Experiment) -> Source | None:
       source without an EMA, or (``init_from.strict``) the first variable that
       does not load.
   """
-  section = exp.config.init_from
-  if not configured(exp.config):
+  section = exp.settings.init_from
+  if not configured(exp.settings):
     return None
   boxed = jax.eval_shape(lambda: exp.model.init(
       jax.random.key(0), jnp.zeros((1, *exp.train_source.image_shape)), train=False))
@@ -205,7 +206,7 @@ def load(source: Source, program: Program, exp: Experiment) -> TrainState:
     s = s.replace(opt_state=exp.tx.init(s.params))
     return ema_lib.init(s) if exp.ema is not None else s
 
-  with sharding.activate(exp.mesh, exp.config.sharding.rules):
+  with sharding.activate(exp.mesh, exp.settings.sharding.rules):
     return jax.jit(new_training, out_shardings=program.shardings)(state)
 
 
@@ -224,7 +225,7 @@ def start(exp: Experiment, program: Program, state: TrainState,
     `state` when it was restored or nothing is configured; else the fresh state
     with the source's weights (`load`), after logging the report.
   """
-  if not configured(exp.config):
+  if not configured(exp.settings):
     return state
   if state is not program.state:  # restored: this run continues its own weights
     message(f"init_from is not read: the run resumed its own checkpoint at step "

@@ -38,6 +38,7 @@ from jaxtrain import step as step_lib
 from jaxtrain import step_diagnostics
 from jaxtrain.data import pipeline
 from jaxtrain.evaluate import evaluate
+from jaxtrain.settings import Settings
 
 _LOGGED = ("loss", "accuracy", "top5_accuracy", "count", "skipped")
 
@@ -88,7 +89,7 @@ class LoopSettings:
   peak_tflops: float = 0.0  # 0: the device kind's (jaxtrain.peak_flops)
 
   @classmethod
-  def from_config(cls, config: Any) -> LoopSettings:
+  def from_config(cls, config: Settings) -> LoopSettings:
     """Reads a validated config (`jaxtrain.config.validate`)."""
     t = config.train
     start, stop = t.profile_steps
@@ -107,7 +108,7 @@ class Loop:
   `host` is the data iterator, or a `checkpoint.HostState` holding it and the
   early-stopping tracker (saved together in every checkpoint); `best` the
   `checkpoint.BestCheckpointer` when a metric is monitored; `settings` the
-  fields it acts on (default: read from ``exp.config``).
+  fields it acts on (default: read from ``exp.settings``).
   """
 
   def __init__(self, exp, fns: Functions, host, ckpt, writer, watcher,
@@ -115,7 +116,7 @@ class Loop:
                settings: LoopSettings | None = None):
     self.exp, self.fns = exp, fns
     # Typed once here (or by the caller), not re-read from the raw config per step.
-    self.settings = settings or LoopSettings.from_config(exp.config)
+    self.settings = settings or LoopSettings.from_config(exp.settings)
     self.host = host
     self.data_iter = getattr(host, "data_iter", host)
     self.tracker = getattr(host, "tracker", None)
@@ -188,7 +189,7 @@ class Loop:
         if self.best is not None:
           self.best.wait()  # a checkpoint never refers to a best still being written
         self.ckpt.save(step, {"train": state, "metrics": sums}, self.host,
-                       self.exp.config)
+                       self.exp.settings)
       if stopping:
         self.ckpt.wait()
         if jax.process_count() > 1:

@@ -83,7 +83,7 @@ def compile_program(exp: Experiment, abstract: bool = False) -> Program:
   if exp.teacher is not None:
     teacher = ((exp.teacher.variables,) if abstract else
                (teacher_lib.restore(exp.teacher).variables,))
-  with sharding.activate(exp.mesh, exp.config.sharding.rules):
+  with sharding.activate(exp.mesh, exp.settings.sharding.rules):
     train_fn, eval_fn, init_sums = make_jitted_steps(exp, abstract_state, shardings)
   return Program(exp.mesh, state, abstract_state, shardings, train_fn,
                  make_jitted_block(exp, shardings), eval_fn, init_sums,
@@ -100,7 +100,7 @@ def initial_state(exp: Experiment) -> tuple[TrainState, Any]:
 def _state(exp: Experiment, abstract: bool) -> tuple[TrainState | None, TrainState,
                                                      Any]:
   """(state or None, abstract state, shardings), with the EMA when configured."""
-  c = exp.config
+  c = exp.settings
   state_args = (exp.model, exp.tx, exp.train_source.image_shape, c.seed, exp.mesh,
                 c.sharding.rules)
   abstract_state, shardings = abstract_train_state(*state_args)
@@ -119,7 +119,7 @@ def _with_noise_scale(exp: Experiment, state: TrainState | None,
   """(state, abstract state, shardings, notes): with `train.diagnostics`, the state
   gets noise-scale averages where the program can measure the scale; the notes
   say what diagnostics cannot measure here."""
-  settings = step_diag.Settings.from_config(exp.config)
+  settings = step_diag.Settings.from_config(exp.settings)
   if settings is None:
     return state, abstract_state, shardings, ()
   why = step_diag.noise_scale_note(exp.mesh.abstract_mesh, abstract_state.model_state)
@@ -144,7 +144,7 @@ def example_batch(exp: Experiment, rows: dict[str, Any] | None = None
       pipeline feeds; by default only the image and label.
   """
   batch_sh = mesh_lib.batch_sharding(exp.mesh)
-  size = exp.config.train.batch_size
+  size = exp.settings.train.batch_size
   if rows is not None:
     return {k: jax.ShapeDtypeStruct((size, *v.shape[1:]), v.dtype, sharding=batch_sh)
             for k, v in rows.items()}
@@ -160,12 +160,12 @@ def _train_step(exp: Experiment, teacher_variables: Any = None
   if exp.teacher is not None:
     teacher_fn = exp.teacher.logits_fn(teacher_variables)
   train_step = step_lib.make_train_step(exp.model, exp.tx,
-                                        loss=losses.from_config(exp.config),
+                                        loss=losses.from_config(exp.settings),
                                         teacher_fn=teacher_fn,
-                                        weight_grad_dtype=exp.config.precision
+                                        weight_grad_dtype=exp.settings.precision
                                         .weight_grad_dtype,
                                         diagnostics=step_diag.Settings.from_config(
-                                            exp.config))
+                                            exp.settings))
   if exp.ema is None:
     return train_step
 
@@ -243,7 +243,7 @@ def make_jitted_block(exp: Experiment, shardings: Any):
   them; the rest are masked by `lax.cond`, so a short block runs the same compiled
   code.
   """
-  k = exp.config.train.steps_per_dispatch
+  k = exp.settings.train.steps_per_dispatch
   if k == 1:
     return None
 

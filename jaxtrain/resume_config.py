@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from jaxtrain.errors import ConfigError
+from jaxtrain.settings import Settings
 
 # Fields (or whole sections) whose change leaves the trained weights alone:
 # observation (logging, evaluation, profiling), layout (mesh, sharding; checkpoints
@@ -106,7 +107,7 @@ def _same(a: Any, b: Any) -> bool:
   return a == b
 
 
-def changes(saved: Any, config: ml_collections.ConfigDict) -> list[Change]:
+def changes(saved: Any, config: Settings) -> list[Change]:
   """Every field whose value differs between the saved and the new config."""
   old, new = flatten(saved), flatten(config)
   missing = "(unset)"
@@ -115,7 +116,7 @@ def changes(saved: Any, config: ml_collections.ConfigDict) -> list[Change]:
           if not _same(old.get(k, missing), new.get(k, missing))]
 
 
-def check_allowed(allow: Sequence[str], config: ml_collections.ConfigDict) -> None:
+def check_allowed(allow: Sequence[str], config: Settings) -> None:
   """`--allow_config_change` names fields or sections of the config."""
   fields = flatten(config)
   for name in allow:
@@ -160,7 +161,7 @@ class Resume:
     return lines
 
 
-def check(saved: Any, step: int, config: ml_collections.ConfigDict,
+def check(saved: Any, step: int, config: Settings,
           allow: Sequence[str], where: str) -> Resume:
   """Refuses a resume whose config changed a field that changes the result.
 
@@ -234,21 +235,21 @@ def check_workdir(exp: Any, workdir: str, allow: Sequence[str]) -> Resume | None
     The `Resume` (with `lr_line`), or None when nothing will be resumed.
   """
   from jaxtrain import checkpoint  # pylint: disable=g-import-not-at-top
-  check_allowed(allow, exp.config)
-  if exp.config.checkpoint.restore == "never":
+  check_allowed(allow, exp.settings)
+  if exp.settings.checkpoint.restore == "never":
     return None
   found = checkpoint.saved_config(workdir)
   if found is None:
     return None
   step, saved = found
-  resume = check(saved, step, exp.config, allow, checkpoint.checkpoint_dir(workdir))
+  resume = check(saved, step, exp.settings, allow, checkpoint.checkpoint_dir(workdir))
   resume.lr_line = lr_note(resume, saved,
                            lambda c: _lr_schedule(c, len(exp.train_source)),
                            exp.lr_schedule)
   return resume
 
 
-def _lr_schedule(config: ml_collections.ConfigDict, train_size: int):
+def _lr_schedule(config: Settings, train_size: int):
   """The LR schedule `config` trains with (a saved config: its own run length)."""
   from jaxtrain import optim, runner  # pylint: disable=g-import-not-at-top
   from jaxtrain.data import batch_plan  # pylint: disable=g-import-not-at-top

@@ -23,10 +23,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jaxtrain.data import sources
 from jaxtrain.errors import ConfigError
+from jaxtrain.settings import Settings
 
 MAX_STEPS = 2**31 - 1  # TrainState.step is int32
 
@@ -35,7 +35,7 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def check_batches(config: ml_collections.ConfigDict, plan: Any, train_size: int,
+def check_batches(config: Settings, plan: Any, train_size: int,
                   eval_size: int, replicas: int) -> None:
   """Batches against the splits (see the module docstring)."""
   repeats = config.data.aug_repeats
@@ -55,7 +55,7 @@ def check_batches(config: ml_collections.ConfigDict, plan: Any, train_size: int,
                       f"a multiple of the {replicas} data-parallel devices)")
 
 
-def check_host_memory(config: ml_collections.ConfigDict, plan: Any,
+def check_host_memory(config: Settings, plan: Any,
                       image_shape: tuple[int, ...]) -> None:
   """This process's largest batch, float32, times the batches in flight."""
   memory = sources.host_memory_bytes()
@@ -70,11 +70,11 @@ def check_host_memory(config: ml_collections.ConfigDict, plan: Any,
                       "image size")
 
 
-def check_run_length(config: ml_collections.ConfigDict, total: int) -> None:
+def check_run_length(config: Settings, total: int) -> None:
   """At most MAX_STEPS steps, and step-set events inside the run."""
   if total > MAX_STEPS:
     field = "train.num_epochs" if config.train.num_epochs else "train.num_steps"
-    raise ConfigError(field, config.train[field.split(".")[1]], f"gives {total} "
+    raise ConfigError(field, getattr(config.train, field.split(".")[1]), f"gives {total} "
                       f"steps; a run has at most {MAX_STEPS} (an int32 step counter)")
   start, stop = config.train.profile_steps
   if stop > start and start >= total:
@@ -88,7 +88,7 @@ def check_run_length(config: ml_collections.ConfigDict, total: int) -> None:
                       f"({total}) and would never run; drop them or lengthen the run")
 
 
-def check_model(config: ml_collections.ConfigDict, model: nn.Module,
+def check_model(config: Settings, model: nn.Module,
                 train_source: Any, eval_source: Any, plan: Any) -> None:
   """The model builds for the train images and accepts every other input size."""
   train_shape = tuple(train_source.image_shape)

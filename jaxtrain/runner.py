@@ -38,7 +38,7 @@ from jaxtrain import preemption
 from jaxtrain import resume_config
 from jaxtrain import run_checks
 from jaxtrain import teacher as teacher_lib
-from jaxtrain import validated
+from jaxtrain.settings import Settings
 from jaxtrain import writers
 from jaxtrain.loop import TrainingHalted  # noqa: F401  (public: runner.TrainingHalted)
 from jaxtrain.program import (  # noqa: F401  (public: runner.make_jitted_steps, ...)
@@ -63,7 +63,7 @@ class TrainResult:
 @dataclasses.dataclass
 class Experiment:
   """The pieces of a run, built and checked, nothing compiled yet."""
-  config: ml_collections.ConfigDict
+  settings: Settings  # the validated config
   mesh: jax.sharding.Mesh
   model: nn.Module
   tx: optax.GradientTransformation
@@ -77,13 +77,14 @@ class Experiment:
   teacher: teacher_lib.Teacher | None = None  # distillation (variables abstract)
 
 
-def build(config: ml_collections.ConfigDict,
+def build(config: ml_collections.ConfigDict | Settings,
           devices: list[jax.Device] | None = None) -> Experiment:
   """Validates `config` (unless already validated) and builds everything that
   needs no compilation.
 
   Args:
-    config: the experiment config.
+    config: the experiment's settings (`config.validate`), or a config (a library
+      call), validated here.
     devices: devices of the mesh (default: all devices of all processes).
 
   Returns:
@@ -94,37 +95,36 @@ def build(config: ml_collections.ConfigDict,
     ConfigError: a bad field, a batch the mesh does not divide, a model that
       cannot take the data's image size, ...
   """
-  if not validated.is_marked(config):  # a library call; the CLI validated it
-    config_lib.validate(config)
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  plan = _batch_plan(config, mesh)  # checks every stage's batch (or train.batch_size)
-  eval_batch = config.train.eval_batch_size or config.train.batch_size
+  settings = config_lib.settings_of(config)  # a library call: validated here
+  mesh = mesh_lib.make_mesh(settings.mesh, devices)
+  plan = _batch_plan(settings, mesh)  # checks every stage's batch (or train.batch_size)
+  eval_batch = settings.train.eval_batch_size or settings.train.batch_size
   mesh_lib.check_batch("train.eval_batch_size", eval_batch, mesh)
-  _check_bn_groups(config, mesh)
-  train_source = sources.get_source(config.data, config.data.train_split)
-  eval_source = sources.get_source(config.data, config.data.eval_split)
-  total = total_steps(config, plan, len(train_source))
-  run_checks.check_run_length(config, total)
-  run_checks.check_batches(config, plan, len(train_source), len(eval_source),
+  _check_bn_groups(settings, mesh)
+  train_source = sources.get_source(settings.data, settings.data.train_split)
+  eval_source = sources.get_source(settings.data, settings.data.eval_split)
+  total = total_steps(settings, plan, len(train_source))
+  run_checks.check_run_length(settings, total)
+  run_checks.check_batches(settings, plan, len(train_source), len(eval_source),
                            mesh_lib.data_parallel_size(mesh))
-  run_checks.check_host_memory(config, plan, train_source.image_shape)
-  policy = precision.make_policy(config.precision.compute_dtype)
-  kwargs = {k: v for k, v in config.model.items() if k != "name"}
-  model = models.get_model(config.model.name, num_classes=train_source.num_classes,
+  run_checks.check_host_memory(settings, plan, train_source.image_shape)
+  policy = precision.make_policy(settings.precision.compute_dtype)
+  kwargs = {k: v for k, v in settings.model.items() if k != "name"}
+  model = models.get_model(settings.model.name, num_classes=train_source.num_classes,
                            dtype=policy.compute_dtype, **kwargs)
-  run_checks.check_model(config, model, train_source, eval_source, plan)
-  tx, lr_schedule = optim.build(config.optimizer, total, config.train.batch_size)
-  teacher = teacher_lib.build(config, train_source.num_classes,
+  run_checks.check_model(settings, model, train_source, eval_source, plan)
+  tx, lr_schedule = optim.build(settings.optimizer, total, settings.train.batch_size)
+  teacher = teacher_lib.build(settings, train_source.num_classes,
                               policy.compute_dtype, train_source.image_shape, mesh)
-  exp = Experiment(config, mesh, model, tx, lr_schedule, train_source, eval_source,
-                   total, eval_batch, plan, ema_lib.EmaConfig.from_train(config.train),
+  exp = Experiment(settings, mesh, model, tx, lr_schedule, train_source, eval_source,
+                   total, eval_batch, plan, ema_lib.EmaConfig.from_train(settings.train),
                    teacher)
-  if config.train.early_stopping.metric:
+  if settings.train.early_stopping.metric:
     _check_monitored_metric(exp)
   return exp
 
 
-def total_steps(config: ml_collections.ConfigDict, plan: batch_plan.BatchPlan,
+def total_steps(config: Settings, plan: batch_plan.BatchPlan,
                 train_size: int) -> int:
   """`train.num_steps`, or with `train.num_epochs` > 0 the steps its rows take."""
   if config.train.num_epochs:
@@ -132,7 +132,7 @@ def total_steps(config: ml_collections.ConfigDict, plan: batch_plan.BatchPlan,
   return config.train.num_steps
 
 
-def _batch_plan(config: ml_collections.ConfigDict,
+def _batch_plan(config: Settings,
                 mesh: jax.sharding.Mesh) -> batch_plan.BatchPlan:
   """`train.stages` and `data.aug_repeats` as a plan; every batch size checked."""
   repeats, stages = config.data.aug_repeats, config.train.stages
@@ -149,7 +149,7 @@ def _batch_plan(config: ml_collections.ConfigDict,
 def eval_metric_names(exp: Experiment) -> list[str]:
   """The metrics the eval step reports, e.g. ['accuracy', 'loss', ...] (traced with
   `jax.eval_shape` from the model's init, so nothing is compiled, not even a key)."""
-  c = exp.config
+  c = exp.settings
   shape = (exp.eval_batch_size, *exp.eval_source.eval_image_shape)
   batch = {"image": jax.ShapeDtypeStruct(shape, jnp.float32),
            "label": jax.ShapeDtypeStruct(shape[:1], jnp.int32),
@@ -168,13 +168,13 @@ def _check_monitored_metric(exp: Experiment) -> None:
   """The early-stopping metric must be one the eval step reports (traced only)."""
   prefixes = ("eval", "eval_ema") if exp.ema else ("eval",)
   known = [f"{p}/{n}" for p in prefixes for n in eval_metric_names(exp)]
-  metric = exp.config.train.early_stopping.metric
+  metric = exp.settings.train.early_stopping.metric
   if metric not in known:
     raise ConfigError("train.early_stopping.metric", metric,
                       "not a metric the evaluation reports", choices=known)
 
 
-def _check_bn_groups(config: ml_collections.ConfigDict,
+def _check_bn_groups(config: Settings,
                      mesh: jax.sharding.Mesh) -> None:
   """Batch-norm groups must tile the data-parallel replicas (checked again in BN)."""
   group = config.model.get("bn_group_size")
@@ -223,7 +223,7 @@ def check_workdir(workdir: str) -> None:
 def _restore(exp: Experiment, ckpt: checkpoint_lib.Checkpointer, state, sums,
              data_iter, writer: metrics_lib.Writer,
              resume: resume_config.Resume | None) -> tuple[TrainState, Any]:
-  mode = exp.config.checkpoint.restore
+  mode = exp.settings.checkpoint.restore
   target = checkpoint_lib.abstract_like({"train": state, "metrics": sums})
   changed = resume.describe() if resume else ""
   found = None if mode == "never" else ckpt.restore_latest(target, data_iter,
@@ -281,7 +281,7 @@ def _summarize(exp: Experiment, workdir: str, writer: metrics_lib.Writer,
   """Prints how a finished run ended (process 0): `console.summary`."""
   if jax.process_index() != 0:
     return
-  es = exp.config.train.early_stopping
+  es = exp.settings.train.early_stopping
   best_eval = console.best_eval(writer.rows(), es.metric, es.mode)
   step = ckpt.latest_step()
   checkpoint = f"{ckpt.directory}/{step}"
@@ -291,7 +291,7 @@ def _summarize(exp: Experiment, workdir: str, writer: metrics_lib.Writer,
                   f"{checkpoint})")
   for line in console.summary(step, exp.total_steps, seconds, compile_seconds,
                               metrics, best_eval, checkpoint, workdir,
-                              "tensorboard" in exp.config.logging.writers):
+                              "tensorboard" in exp.settings.logging.writers):
     writer.message(line)
 
 
@@ -308,7 +308,7 @@ class _Services:
 
   @classmethod
   def open(cls, exp: Experiment, workdir: str, data_iter: Any) -> "_Services":
-    config = exp.config
+    config = exp.settings
     tracker = early_stopping.Tracker.from_config(config.train.early_stopping)
     best = None if tracker is None else checkpoint_lib.BestCheckpointer(
         workdir, tracker.metric, tracker.mode, config.checkpoint.async_save)
@@ -359,7 +359,7 @@ def _set_log_back(workdir: str, step: int, run: _Services) -> None:
     run.writer.message(f"The previous metrics.jsonl is kept as {old_log}")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str,
+def train(config: ml_collections.ConfigDict | Settings, workdir: str,
           devices: list[jax.Device] | None = None,
           stop_at: int | None = None, name: str = "",
           allow_config_change: Sequence[str] = ()) -> TrainResult:
@@ -369,7 +369,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   at the end (final and best metrics, the checkpoint, how to open TensorBoard).
 
   Args:
-    config: the experiment config (validated here).
+    config: the experiment's settings, or a config (validated here).
     workdir: checkpoints, metrics.jsonl and TensorBoard files; resumed if present.
     devices: devices of the mesh (default: all).
     stop_at: stop after this step with a checkpoint, as a preempted run would.
@@ -385,7 +385,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   exp = build(config, devices)  # settings -> mesh, model, optimizer, data sources
   check_workdir(workdir)
   with lease_lib.held(workdir), compile_cache.for_run(
-      exp.config.train.compilation_cache_dir, workdir) as cache:
+      exp.settings.train.compilation_cache_dir, workdir) as cache:
     # Before the header: a refused resume is the run's only output.
     resume = resume_config.check_workdir(exp, workdir, allow_config_change)
     # A fresh start's weights, checked before compiling; a resume never reads them.
@@ -394,12 +394,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     clock = console.CompileClock()
     try:
       program = compile_program(exp)  # state in its shards, jitted steps, teacher
-      data_iter = pipeline.train_iterator(exp.train_source, exp.config.train.batch_size,
-                                          exp.config.seed, plan=exp.plan)
+      data_iter = pipeline.train_iterator(exp.train_source, exp.settings.train.batch_size,
+                                          exp.settings.seed, plan=exp.plan)
       with _Services.open(exp, workdir, data_iter) as run:
         for note in program.notes:  # what train.diagnostics cannot measure here
           run.writer.message(note)
-        with sharding.activate(exp.mesh, exp.config.sharding.rules):
+        with sharding.activate(exp.mesh, exp.settings.sharding.rules):
           state, sums = _restore(exp, run.ckpt, program.state, program.init_sums(),
                                  run.host, run.writer, resume)
           state = init_from.start(exp, program, state, source, run.writer.message)

@@ -29,6 +29,7 @@ import ml_collections
 import optax
 
 from jaxtrain import noise_scale, update_stats
+from jaxtrain import settings as settings_lib
 from jaxtrain.optim import defaults as optim_defaults
 from jaxtrain.optim import masks
 from jaxtrain.parallel import mesh as mesh_lib
@@ -57,9 +58,10 @@ class Settings:
   notes: tuple[str, ...] = ()
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> Settings | None:
+  def from_config(cls, config: settings_lib.Settings | ml_collections.ConfigDict
+                  ) -> Settings | None:
     """None when ``train.diagnostics`` is off."""
-    if not config.train.get("diagnostics", False):
+    if not getattr(config.train, "diagnostics", False):
       return None
     opt = optim_defaults.merged_section(config.optimizer)
     kind = opt.name if opt.name in ("lars", "lamb") else ""

@@ -30,6 +30,7 @@ from etils import epath
 from jaxtrain import checkpoint, models
 from jaxtrain.errors import ConfigError
 from jaxtrain.parallel import sharding
+from jaxtrain.settings import Settings
 
 
 @dataclasses.dataclass
@@ -62,11 +63,11 @@ def _model_section(distill: ml_collections.ConfigDict,
   return dict(saved.config(step)["model"])
 
 
-def build(config: ml_collections.ConfigDict, num_classes: int, dtype: Any,
+def build(config: Settings, num_classes: int, dtype: Any,
           input_shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> Teacher | None:
   """The configured teacher, checked against its checkpoint; None without one."""
   distill = config.distill
-  distilling = config.get("loss", {}).get("name") == "distillation"
+  distilling = getattr(config, "loss", {}).get("name") == "distillation"
   if distilling != bool(distill.teacher_workdir):
     raise ConfigError("distill.teacher_workdir", distill.teacher_workdir,
                       "loss.name=distillation needs a teacher's workdir here"

@@ -20,6 +20,7 @@ import ml_collections
 from jaxtrain.checks import check_choice, check_keys
 from jaxtrain.errors import ConfigError
 from jaxtrain.optim.unread_fields import Rule, get
+from jaxtrain.settings import Settings
 
 WRITERS = ("jsonl", "tensorboard", "wandb", "mlflow")
 TRACKERS = {"wandb": "wandb", "mlflow": "mlflow"}  # writer -> its package
@@ -144,7 +145,7 @@ def _check_str(field: str, value: Any) -> None:
     raise ConfigError(field, value, "use a string")
 
 
-def make_trackers(config: ml_collections.ConfigDict, workdir: str, group: str = "",
+def make_trackers(config: Settings | ml_collections.ConfigDict, workdir: str, group: str = "",
                   name: str = "") -> list[Any]:
   """The trackers `config.logging.writers` lists, resuming their runs in `workdir`.
 

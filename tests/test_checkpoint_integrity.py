@@ -237,7 +237,7 @@ def test_changed_chunk_of_every_state_dtype_is_found_by_its_checksum(
 
 def test_a_damaged_best_checkpoint_is_not_returned_as_the_result(tmp_path):
   from jaxtrain.checkpoint import CheckpointCorruptError  # pylint: disable=g-import-not-at-top
-  config = _config()
+  config = _config().to_config()  # a copy to change (validated again by train)
   config.train.eval_every = 10
   config.train.early_stopping.metric = "eval/loss"
   config.train.early_stopping.mode = "min"
@@ -256,7 +256,7 @@ def test_a_damaged_teacher_checkpoint_is_refused(straight, tmp_path):
   teacher = tmp_path / "teacher"
   shutil.copytree(straight[1], teacher)
   _change_stored_chunk(teacher / "checkpoints" / "30", "train.params.head.kernel")
-  student = _config()
+  student = _config().to_config()
   student.loss.name = "distillation"
   student.distill.teacher_workdir = str(teacher)
   with pytest.raises(ConfigError, match=r"distill.teacher_workdir=.*its checkpoint "

@@ -68,7 +68,7 @@ def _first_batch_kl(exp, teacher_params):
   """Hinton et al. 2015 in numpy: T^2 KL(softmax(t/T) || softmax(s/T)) on the
   run's first batch, teacher = the teacher run's final params, student = its
   initial params."""
-  config = exp.config
+  config = exp.settings
   student, _ = program.initial_state(exp)
   batch = next(pipeline.train_iterator(exp.train_source, BATCH, config.seed))
   x = batch["image"].reshape(BATCH, -1).astype(np.float64)

@@ -4,7 +4,6 @@ References are computed independently: the source run's own final state (in
 memory, not read back through init_from), torchvision's documented names mapped
 by a table written here, and numpy transposes for PyTorch's layouts.
 """
-import copy
 import dataclasses
 import json
 import os
@@ -203,10 +202,9 @@ def _start(resnet18, sd, path, **init_from_fields):
   """Writes `sd` to `path` and starts the ResNet-18 run from it: (state, log)."""
   np.savez(path, **sd)
   exp, program = resnet18
-  config = copy.deepcopy(exp.config)
-  config.init_from.update(file=str(path), **init_from_fields)
+  settings = exp.settings.with_section("init_from", file=str(path), **init_from_fields)
   lines = []
-  state = init_from.start(dataclasses.replace(exp, config=config), program,
+  state = init_from.start(dataclasses.replace(exp, settings=settings), program,
                           program.state, None, lines.append)
   fresh = _flat(jax.device_get({"params": program.state.params,
                                 **program.state.model_state}))

@@ -17,7 +17,10 @@ from jaxtrain import presets
 
 
 def _load(spec):
-  return config_lib.validate(config_lib.load(f"experiments/{spec}"))
+  """The recipe's config, validated as shipped (a ConfigDict: tests derive from it)."""
+  config = config_lib.load(f"experiments/{spec}")
+  config_lib.validate(config)
+  return config
 
 
 def _lr(config, steps):

@@ -23,7 +23,6 @@ import contextlib
 from typing import Any, Callable
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -33,6 +32,7 @@ from jaxtrain import checksums
 from jaxtrain.checkpoint.errors import CheckpointMismatchError, CheckpointWriteError
 from jaxtrain.checkpoint.verify import check_checksums, has_checksums
 from jaxtrain.checkpoint.workdir import checkpoint_dir
+from jaxtrain.settings import Settings
 
 
 def _handlers() -> dict[str, Any]:
@@ -151,7 +151,7 @@ class Checkpointer:
     return bool(self._every) and step % self._every == 0
 
   def save(self, step: int, state: Any, data_iter: Any,
-           config: ml_collections.ConfigDict) -> None:
+           config: Settings) -> None:
     """Starts a save of `step` (asynchronous: returns once the copy is on host).
 
     Raises:

@@ -123,7 +123,7 @@ def from_config(config: Any) -> Loss:
   Raises:
     ConfigError: as `get_loss`.
   """
-  section = dict(config.get("loss") or {})
+  section = dict(getattr(config, "loss", None) or {})
   name = section.pop("name", DEFAULT)
   return get_loss(name, **section)
 

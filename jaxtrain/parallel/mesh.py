@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxtrain import settings
 from jaxtrain.errors import ConfigError
 
 AXES = ("data", "fsdp", "model")
@@ -22,10 +23,10 @@ AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 
 
-def resolve_shape(mesh_config: ml_collections.ConfigDict,
+def resolve_shape(mesh_config: settings.Mesh | ml_collections.ConfigDict,
                   num_devices: int) -> tuple[int, int, int]:
   """Turns (data, fsdp, model) with at most one -1 into sizes that use every device."""
-  sizes = [mesh_config[a] for a in AXES]
+  sizes = [getattr(mesh_config, a) for a in AXES]
   fills = [a for a, s in zip(AXES, sizes) if s == -1]
   if len(fills) > 1:
     raise ConfigError(f"mesh.{fills[1]}", -1, "only one mesh axis may be -1 (fill)")
@@ -42,7 +43,7 @@ def resolve_shape(mesh_config: ml_collections.ConfigDict,
   return tuple(sizes)
 
 
-def make_mesh(mesh_config: ml_collections.ConfigDict,
+def make_mesh(mesh_config: settings.Mesh | ml_collections.ConfigDict,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """The mesh over `devices` (default: all devices of all processes).
 

@@ -31,6 +31,7 @@ import ml_collections
 
 from jaxtrain.checks import MAX_INT, check_keys, is_int
 from jaxtrain.errors import ConfigError
+from jaxtrain.settings import Settings
 
 LR_RULES = ("linear", "sqrt", "grid")
 GRID_CENTERS = ("none", "linear", "sqrt")
@@ -120,9 +121,12 @@ def result_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return config
 
 
-def split(config: ml_collections.ConfigDict
+def split(config: ml_collections.ConfigDict | Settings
           ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict | None]:
-  """(experiment config without `study`, the study section or None)."""
+  """(experiment config without `study`, the study section or None): a copy, to
+  derive trials from (validated `Settings` have no `study`)."""
+  if isinstance(config, Settings):
+    return config.to_config(), None
   experiment = copy.deepcopy(config)
   study = None
   if "study" in experiment:

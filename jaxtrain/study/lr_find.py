@@ -44,6 +44,7 @@ from jaxtrain.errors import ConfigError
 from jaxtrain.optim import schedule_config
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel import sharding
+from jaxtrain.settings import Settings
 from jaxtrain.study import grid, plots
 
 
@@ -58,7 +59,7 @@ class RangeTest:
   steepest: float     # LR where the smoothed loss falls fastest per log(LR)
 
 
-def range_config(config: ml_collections.ConfigDict, min_lr: float, max_lr: float,
+def range_config(config: ml_collections.ConfigDict | Settings, min_lr: float, max_lr: float,
                  num_steps: int, optimizer: str = "") -> ml_collections.ConfigDict:
   """The experiment config of the test: exponential LR, `num_steps` steps."""
   experiment, study = grid.split(config)

@@ -64,7 +64,7 @@ def supports_trial(config: ml_collections.ConfigDict) -> bool:
   no teacher argument). A weight average (`train.ema_decay`) is not carried by
   either kind of group: studies evaluate the raw weights, which it never changes.
   """
-  loss = config.get("loss") or {}
+  loss = getattr(config, "loss", None) or {}
   return supports(config.optimizer) and loss.get("name") != "distillation"
 
 
@@ -347,7 +347,7 @@ class GroupProgram:
     self.exp, self.configs, self.size = exp, list(configs), len(configs)
     self.seeds = sorted({c.seed for c in configs})
     self.batch_sh = mesh_lib.batch_sharding(exp.mesh)
-    self.rules = exp.config.sharding.rules
+    self.rules = exp.settings.sharding.rules
     with sharding.activate(exp.mesh, self.rules):
       if self.size == 1:
         self._build_single()
@@ -378,15 +378,15 @@ class GroupProgram:
                                jnp.asarray([c.seed for c in configs], jnp.int32),
                                trial_hparams(configs), stacked)
     index = jnp.asarray([self.seeds.index(c.seed) for c in configs], jnp.int32)
-    diagnostics = step_diagnostics.Settings.from_config(exp.config)
+    diagnostics = step_diagnostics.Settings.from_config(exp.settings)
     decays = {optim_defaults.merged_section(c.optimizer).weight_decay for c in configs}
     if diagnostics is not None and len(decays) > 1:  # LARS's ratio: one decay only
       diagnostics = dataclasses.replace(diagnostics, trust_ratio="")
     if diagnostics is not None:
       self.states, stacked = _with_noise_scale(exp, self.states, stacked)
     train_step = step_lib.make_train_step(
-        exp.model, tx, loss=losses.from_config(exp.config),
-        weight_grad_dtype=exp.config.precision.weight_grad_dtype,
+        exp.model, tx, loss=losses.from_config(exp.settings),
+        weight_grad_dtype=exp.settings.precision.weight_grad_dtype,
         diagnostics=diagnostics)
     shared = len(self.seeds) == 1
 
@@ -413,8 +413,8 @@ class GroupProgram:
     self._eval = lambda states, batch: evaluate(states.params, states.model_state,
                                                 batch)
     example = {"image": jax.ShapeDtypeStruct(
-        (exp.config.train.batch_size, *shape), jnp.float32),
-               "label": jax.ShapeDtypeStruct((exp.config.train.batch_size,),
+        (exp.settings.train.batch_size, *shape), jnp.float32),
+               "label": jax.ShapeDtypeStruct((exp.settings.train.batch_size,),
                                              jnp.int32)}
     shapes = jax.eval_shape(jax.vmap(train_step, in_axes=(0, None)), self.states,
                             example)[1]
