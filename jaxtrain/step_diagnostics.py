@@ -6,9 +6,9 @@ update norms and update/parameter ratios; for LARS and LAMB the trust ratio of
 every tensor (min / median / max, and the median per group); and, with more than
 one data-parallel replica, the gradient noise scale B_simple (`jaxtrain.noise_scale`,
 McCandlish et al. 2018, arXiv 1812.06162, app. A) from the per-replica and the
-all-reduced gradients. The values ride in the metric sums under ``diagnostics/``
-with a step count, so a log window reports their mean over its (finite) steps as
-``train/...`` (`averages`). The noise scale's moving averages live in the train
+all-reduced gradients. The values ride in the metric sums as one vector
+(``diagnostics``, an `update_stats.NamedValues`) with a step count, so a log window
+reports their mean over its (finite) steps as ``train/...`` (`averages`). The noise scale's moving averages live in the train
 state (``TrainState.noise_scale``), so checkpoints carry them and a resumed run
 continues them bit for bit.
 
@@ -35,8 +35,8 @@ from jaxtrain.optim import masks
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.parallel.batchnorm import data_parallel_size
 
-PREFIX = "diagnostics/"
-STEPS = PREFIX + "steps"  # finite steps in the window: the divisor of the means
+KEY = "diagnostics"  # the metric sums' entry: an update_stats.NamedValues
+STEPS = "steps"  # finite steps in the window: the divisor of the means
 BATCH_AXES = mesh_lib.BATCH_AXES  # the replicas: the mesh axes the batch is split over
 NOISE_SCALE_DECAY = 0.99  # EMA of the two estimates (about the last 100 steps)
 # Optimizer fields that change the gradient before LARS sees it.
@@ -102,7 +102,7 @@ def noise_scale_note(mesh: jax.sharding.AbstractMesh, model_state: Any
 
 
 def _trust_ratios(s: Settings, grads: Any, params: Any, opt_state: Any
-                  ) -> dict[str, jax.Array]:
+                  ) -> update_stats.NamedValues | None:
   """The trust-ratio metrics of LARS (formula) or LAMB (its Adam moments)."""
   o = s.optimizer
   decayed = masks.regex_mask(o.weight_decay_mask, default=masks.ndim_above_1)(params)
@@ -123,7 +123,7 @@ def _trust_ratios(s: Settings, grads: Any, params: Any, opt_state: Any
 
 def measure(s: Settings, state: Any, new: Any, grads: Any, updates: Any,
             finite: jax.Array, replica_norms: tuple[jax.Array, jax.Array, int, int]
-            | None) -> tuple[Any, dict[str, jax.Array]]:
+            | None) -> tuple[Any, dict[str, update_stats.NamedValues]]:
   """This step's diagnostics as metric sums, and `new` with its noise-scale EMA.
 
   Args:
@@ -133,28 +133,39 @@ def measure(s: Settings, state: Any, new: Any, grads: Any, updates: Any,
     finite: whether the step was applied (a skipped one adds nothing).
     replica_norms: (mean per-replica |G|^2, |G|^2 of the mean, per-replica
       batch, global batch) when the state has a noise scale, else None.
+
+  Returns:
+    `new`, and ``{KEY: NamedValues}``: the values, all 0 for a skipped step, and
+    ``steps`` (1, or 0 when skipped).
   """
   stats = update_stats.update_stats(grads, state.params, updates)
-  if s.trust_ratio:
-    stats.update(_trust_ratios(s, grads, state.params, new.opt_state))
+  trust = _trust_ratios(s, grads, state.params, new.opt_state) if s.trust_ratio else None
+  if trust is not None:
+    stats = stats | trust
   if replica_norms is not None:
     ns = noise_scale.update(state.noise_scale, *replica_norms, NOISE_SCALE_DECAY)
     ns = jax.tree.map(lambda n, o: jnp.where(finite, n, o), ns, state.noise_scale)
     new = new.replace(noise_scale=ns)
     g2, trace = noise_scale.averages(ns, NOISE_SCALE_DECAY)
-    stats.update({"gradient_noise_scale": noise_scale.simple_noise_scale(ns),
-                  "true_grad_sq_norm": g2, "grad_covariance_trace": trace})
-  metrics = {PREFIX + k: jnp.where(finite, v, 0.0).astype(jnp.float32)
-             for k, v in stats.items()}
-  metrics[STEPS] = finite.astype(jnp.float32)
-  return new, metrics
+    stats = stats | update_stats.NamedValues.of(
+        {"gradient_noise_scale": noise_scale.simple_noise_scale(ns),
+         "true_grad_sq_norm": g2, "grad_covariance_trace": trace})
+  stats = stats | update_stats.NamedValues.of({STEPS: 1.0})
+  return new, {KEY: stats.replace(array=jnp.where(finite, stats.array, 0.0))}
+
+
+def values(metrics: dict[str, Any]) -> dict[str, Any]:
+  """The diagnostics of one step's metrics (or of metric sums) by name; {} when
+  `train.diagnostics` is off."""
+  packed = metrics.get(KEY)
+  return {} if packed is None else dict(packed)
 
 
 def averages(sums: dict[str, Any]) -> dict[str, float]:
   """``train/<name>``: the mean of each diagnostic over the window's finite steps
   (nothing when diagnostics are off or every step of the window was skipped)."""
-  steps = float(sums.get(STEPS, 0.0))
+  totals = values(sums)
+  steps = float(totals.pop(STEPS, 0.0))
   if not steps:
     return {}
-  return {"train/" + k[len(PREFIX):]: float(v) / steps for k, v in sums.items()
-          if k.startswith(PREFIX) and k != STEPS}
+  return {"train/" + k: float(v) / steps for k, v in totals.items()}

@@ -20,11 +20,14 @@ reason.
 """
 from __future__ import annotations
 
+import collections.abc
 import re
-from typing import Any
+from typing import Any, Iterator
 
+import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _BLOCK = re.compile(r"_block\d+$")
 EPS = 1e-12  # a zero tensor's ratio is 0, not NaN
@@ -37,15 +40,66 @@ def group_of(path: tuple[Any, ...]) -> str:
   return _BLOCK.sub("", name)
 
 
-def _sq(tree: Any) -> list[tuple[str, jax.Array, int]]:
-  """(group, sum of squares in float32, number of dimensions) of every leaf."""
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [(group_of(p), jnp.sum(jnp.square(x.astype(jnp.float32))), x.ndim)
-          for p, x in leaves]
+@flax.struct.dataclass
+class NamedValues(collections.abc.Mapping):
+  """float32 scalars by name, held as one vector (a pytree; the names are static).
+
+  The train step's diagnostics ride in the metric sums as one of these, not as a
+  dict of scalars: XLA gives every scalar of a dict its own output buffer and add,
+  which cost more than the measurements themselves on a small model
+  (`benchmarks/diagnostics_cost.py`). A read-only mapping from name to
+  ``array[..., i]`` (a leading axis, e.g. a sweep's trials, may come first).
+  """
+  array: jax.Array
+  names: tuple[str, ...] = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def of(cls, scalars: dict[str, jax.typing.ArrayLike]) -> NamedValues:
+    """From a dict of scalars (in its order)."""
+    return cls(jnp.stack([jnp.asarray(v, jnp.float32) for v in scalars.values()]),
+               tuple(scalars))
+
+  def __getitem__(self, name: str) -> jax.Array:
+    if name not in self.names:
+      raise KeyError(name)
+    return self.array[..., self.names.index(name)]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self.names)
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def __add__(self, other: NamedValues) -> NamedValues:
+    if other.names != self.names:
+      raise ValueError(f"cannot add NamedValues of {other.names} to {self.names}")
+    return self.replace(array=self.array + other.array)
+
+  def __or__(self, other: NamedValues) -> NamedValues:
+    """Both, self's names first."""
+    return NamedValues(jnp.concatenate([self.array, other.array], axis=-1),
+                       self.names + other.names)
 
 
-def update_stats(grads: Any, params: Any, updates: Any) -> dict[str, jax.Array]:
-  """Norms and ratios of one update, as float32 scalars keyed for metrics.jsonl.
+def _sq(tree: Any) -> jax.Array:
+  """Sum of squares of every leaf, in float32: a vector over the leaves."""
+  return jnp.stack([jnp.sum(jnp.square(x.astype(jnp.float32)))
+                    for x in jax.tree.leaves(tree)])
+
+
+def _group_matrix(groups: list[str]) -> tuple[list[str], np.ndarray]:
+  """(sorted group names, bool matrix [group, leaf]): every group's sum as one
+  masked reduction (not a matmul: TPUs multiply float32 in bfloat16 passes by
+  default)."""
+  names = sorted(set(groups))
+  return names, np.array([[g == n for g in groups] for n in names])
+
+
+def update_stats(grads: Any, params: Any, updates: Any) -> NamedValues:
+  """Norms and ratios of one update, float32, named for metrics.jsonl.
+
+  Computed as a few vector operations over the per-leaf sums of squares (one
+  reduction per leaf and tree), not one small op per group and statistic.
 
   Args:
     grads: the gradient tree as the optimizer receives it (before its clipping).
@@ -57,21 +111,23 @@ def update_stats(grads: Any, params: Any, updates: Any) -> dict[str, jax.Array]:
     ``<group>/grad_norm``, ``<group>/update_ratio`` per group; and
     ``layer_update_ratio_{min,median,max}`` over tensors of two or more dimensions.
   """
+  paths = jax.tree_util.tree_flatten_with_path(params)[0]
+  groups, member = _group_matrix([group_of(p) for p, _ in paths])
+  layers = np.flatnonzero([x.ndim > 1 for _, x in paths])
   g, w, u = _sq(grads), _sq(params), _sq(updates)
-  out = {"grad_norm": jnp.sqrt(sum(s for _, s, _ in g)),
-         "param_norm": jnp.sqrt(sum(s for _, s, _ in w)),
-         "update_norm": jnp.sqrt(sum(s for _, s, _ in u))}
-  out["update_ratio"] = out["update_norm"] / (out["param_norm"] + EPS)
-  for name in sorted({grp for grp, _, _ in g}):
-    pick = lambda xs: sum(s for grp, s, _ in xs if grp == name)  # noqa: E731
-    out[f"{name}/grad_norm"] = jnp.sqrt(pick(g))
-    out[f"{name}/update_ratio"] = jnp.sqrt(pick(u)) / (jnp.sqrt(pick(w)) + EPS)
-  ratios = jnp.stack([jnp.sqrt(su) / (jnp.sqrt(sw) + EPS)
-                      for (_, su, nd), (_, sw, _) in zip(u, w) if nd > 1])
-  out["layer_update_ratio_min"] = jnp.min(ratios)
-  out["layer_update_ratio_median"] = jnp.median(ratios)
-  out["layer_update_ratio_max"] = jnp.max(ratios)
-  return out
+  total = jnp.sqrt(jnp.stack([g.sum(), w.sum(), u.sum()]))  # grad, param, update
+  per_group = jnp.sqrt(jnp.sum(jnp.where(member[:, :, None],
+                                         jnp.stack([g, w, u], axis=1), 0.0), axis=1))
+  ratios = (jnp.sqrt(u) / (jnp.sqrt(w) + EPS))[layers]
+  values = jnp.concatenate([
+      total, total[2:] / (total[1:2] + EPS), per_group[:, 0],
+      per_group[:, 2] / (per_group[:, 1] + EPS),
+      jnp.stack([jnp.min(ratios), jnp.median(ratios), jnp.max(ratios)])])
+  names = (("grad_norm", "param_norm", "update_norm", "update_ratio")
+           + tuple(f"{n}/grad_norm" for n in groups)
+           + tuple(f"{n}/update_ratio" for n in groups)
+           + tuple(f"layer_update_ratio_{k}" for k in ("min", "median", "max")))
+  return NamedValues(values, names)
 
 
 def lars_trust_ratios(grads: Any, params: Any, excluded: Any, *,
@@ -136,15 +192,26 @@ def lamb_trust_ratios(adam_state: Any, params: Any, decayed: Any, *, b1: float,
   return out
 
 
-def trust_ratio_stats(ratios: list[tuple[str, jax.Array]]) -> dict[str, jax.Array]:
+def trust_ratio_stats(ratios: list[tuple[str, jax.Array]]) -> NamedValues | None:
   """``trust_ratio_{min,median,max}`` over tensors and ``<group>/trust_ratio``
-  (the median over the group's tensors), from (group, ratio) pairs."""
+  (the median over the group's tensors), from (group, ratio) pairs; None if none.
+
+  Every group's median comes from one sort: the groups' ratios as rows padded with
+  +inf, then the mean of each row's two middle entries (one entry for an odd count).
+  """
   if not ratios:
-    return {}
+    return None
   values = jnp.stack([r for _, r in ratios])
-  out = {"trust_ratio_min": jnp.min(values), "trust_ratio_median": jnp.median(values),
-         "trust_ratio_max": jnp.max(values)}
-  for name in sorted({grp for grp, _ in ratios}):
-    out[f"{name}/trust_ratio"] = jnp.median(
-        jnp.stack([r for grp, r in ratios if grp == name]))
-  return out
+  groups = sorted({grp for grp, _ in ratios})
+  members = [[i for i, (grp, _) in enumerate(ratios) if grp == name] for name in groups]
+  width = max(len(m) for m in members)
+  index = np.array([m + [len(ratios)] * (width - len(m)) for m in members])
+  rows = jnp.sort(jnp.append(values, jnp.inf)[index], axis=1)
+  low = np.array([(len(m) - 1) // 2 for m in members])
+  high = np.array([len(m) // 2 for m in members])
+  rank = np.arange(len(groups))
+  medians = (rows[rank, low] + rows[rank, high]) / 2
+  out = jnp.concatenate([jnp.stack([jnp.min(values), jnp.median(values),
+                                    jnp.max(values)]), medians])
+  return NamedValues(out, ("trust_ratio_min", "trust_ratio_median", "trust_ratio_max")
+                     + tuple(f"{name}/trust_ratio" for name in groups))

@@ -2,6 +2,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 from jaxtrain import update_stats
 
@@ -54,3 +55,34 @@ def test_sgd_ratio_is_learning_rate_times_gradient_over_weight_norm():
   got = update_stats.update_stats(grads, params, updates)
   np.testing.assert_allclose(got["update_ratio"], 0.05 * _norm(jax.tree.leaves(grads))
                              / _norm(jax.tree.leaves(params)), rtol=1e-5)
+
+
+def test_trust_ratio_stats_match_numpy_medians_for_odd_and_even_groups():
+  sizes = {"head": 1, "stage1": 2, "stage2": 3, "stem": 4}
+  pairs = [(g, float(RNG.uniform(0.01, 2.0))) for g, n in sizes.items()
+           for _ in range(n)]
+  RNG.shuffle(pairs)  # a group's tensors need not be adjacent
+  got = jax.jit(lambda r: update_stats.trust_ratio_stats(
+      [(g, x) for (g, _), x in zip(pairs, r)]))(np.array([x for _, x in pairs],
+                                                           np.float32))
+  values = np.array([x for _, x in pairs])
+  for stat, fn in (("min", np.min), ("median", np.median), ("max", np.max)):
+    np.testing.assert_allclose(got[f"trust_ratio_{stat}"], fn(values), rtol=1e-6)
+  for group in sizes:
+    np.testing.assert_allclose(got[f"{group}/trust_ratio"],
+                               np.median([x for g, x in pairs if g == group]),
+                               rtol=1e-6)
+  assert update_stats.trust_ratio_stats([]) is None
+
+
+def test_named_values_add_by_name_and_refuse_other_names():
+  a = update_stats.NamedValues.of({"x": 1.0, "y": 2.0})
+  b = update_stats.NamedValues.of({"x": 10.0, "y": 20.0})
+  total = a + b
+  assert (float(total["x"]), float(total["y"])) == (11.0, 22.0)
+  both = a | update_stats.NamedValues.of({"z": 3.0})
+  assert {k: float(v) for k, v in both.items()} == {"x": 1, "y": 2, "z": 3}
+  with pytest.raises(ValueError, match="cannot add"):
+    _ = a + both
+  stacked = jax.tree.map(lambda *v: np.stack(v), a, b)  # e.g. a sweep's trials
+  np.testing.assert_array_equal(stacked["y"], [2.0, 20.0])

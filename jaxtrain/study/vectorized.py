@@ -438,7 +438,7 @@ class GroupProgram:
   def _per_trial(self, sums: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     if not self._stacked:
       return [sums]
-    return [{k: v[i] for k, v in sums.items()} for i in range(self.size)]
+    return [jax.tree.map(lambda v, i=i: v[i], sums) for i in range(self.size)]
 
   def train_metrics(self) -> list[dict[str, float]]:
     """Averages over the steps since the last call, per trial; starts a new window.
