@@ -8,9 +8,9 @@ one data-parallel replica, the gradient noise scale B_simple (`jaxtrain.noise_sc
 McCandlish et al. 2018, arXiv 1812.06162, app. A) from the per-replica and the
 all-reduced gradients. The values ride in the metric sums as one vector
 (``diagnostics``, an `update_stats.NamedValues`) with a step count, so a log window
-reports their mean over its (finite) steps as ``train/...`` (`averages`). The noise scale's moving averages live in the train
-state (``TrainState.noise_scale``), so checkpoints carry them and a resumed run
-continues them bit for bit.
+reports their mean over its (finite) steps as ``train/...`` (`averages`). The noise
+scale's moving averages live in the train state (``TrainState.noise_scale``), so
+checkpoints carry them and a resumed run continues them bit for bit.
 
 What cannot be measured exactly is not logged, and `notes` says why (printed
 once at the start of a run): LARS's trust ratio when a gradient stage (clipping,
@@ -139,9 +139,9 @@ def measure(s: Settings, state: Any, new: Any, grads: Any, updates: Any,
     ``steps`` (1, or 0 when skipped).
   """
   stats = update_stats.update_stats(grads, state.params, updates)
-  trust = _trust_ratios(s, grads, state.params, new.opt_state) if s.trust_ratio else None
-  if trust is not None:
-    stats = stats | trust
+  if s.trust_ratio:
+    trust = _trust_ratios(s, grads, state.params, new.opt_state)
+    stats = stats if trust is None else stats | trust
   if replica_norms is not None:
     ns = noise_scale.update(state.noise_scale, *replica_norms, NOISE_SCALE_DECAY)
     ns = jax.tree.map(lambda n, o: jnp.where(finite, n, o), ns, state.noise_scale)
@@ -154,17 +154,10 @@ def measure(s: Settings, state: Any, new: Any, grads: Any, updates: Any,
   return new, {KEY: stats.replace(array=jnp.where(finite, stats.array, 0.0))}
 
 
-def values(metrics: dict[str, Any]) -> dict[str, Any]:
-  """The diagnostics of one step's metrics (or of metric sums) by name; {} when
-  `train.diagnostics` is off."""
-  packed = metrics.get(KEY)
-  return {} if packed is None else dict(packed)
-
-
 def averages(sums: dict[str, Any]) -> dict[str, float]:
   """``train/<name>``: the mean of each diagnostic over the window's finite steps
   (nothing when diagnostics are off or every step of the window was skipped)."""
-  totals = values(sums)
+  totals = dict(sums.get(KEY, {}))
   steps = float(totals.pop(STEPS, 0.0))
   if not steps:
     return {}
