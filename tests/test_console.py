@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +16,27 @@ import pytest
 
 from jaxtrain import console, runner
 from jaxtrain.config import base_config
+from jaxtrain.models.mlp import MLP
+from jaxtrain.models.registry import register
+
+TRACE_SLEEP_S = 2.0
+
+
+@register("mlp_slow_to_trace")
+class MlpSlowToTrace(MLP):
+  """The MLP, but tracing its training forward pass takes 2 s more (the Python of
+  a module runs only while jit traces it): a compile time known to dwarf the
+  steps, however busy the machine."""
+
+  def __call__(self, x, train=False):
+    if train:
+      time.sleep(TRACE_SLEEP_S)
+    return super().__call__(x, train)
 
 
 def _config(**train):
   c = base_config()
-  c.model.name = "mlp"
+  c.model.name = "mlp_slow_to_trace"
   c.mesh.data = 8
   c.train.batch_size = 32
   c.train.num_steps = 60
@@ -63,9 +80,10 @@ def test_first_window_steps_per_sec_leaves_out_the_compile(run):
   compiled = next(line for line in lines if line.startswith("Compiled in "))
   seconds = float(re.search(r"Compiled in ([\d.]+) s", compiled).group(1))
   first = next(r for r in rows if "train/steps_per_sec" in r)
-  # The first window (20 steps) holds the train step's compile: had that time
-  # been counted, its rate could not exceed 20 steps / compile seconds. The steps
-  # of this MLP take a small fraction of its compile.
+  # The first window (20 steps) holds the train step's compile, which sleeps 2 s
+  # while tracing: had that time been counted, its rate could not exceed 20 steps
+  # / compile seconds. The 20 steps of this MLP take a fraction of those 2 s.
+  assert seconds >= TRACE_SLEEP_S
   assert first["train/steps_per_sec"] > 20 / seconds
   progress = next(line for line in lines if line.startswith(f"step {first['step']}/"))
   eta = re.search(r"ETA (\d+):(\d\d):(\d\d)", progress).groups()

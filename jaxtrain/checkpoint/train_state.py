@@ -29,6 +29,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxtrain import checksums
+from jaxtrain.checkpoint import orphaned_reads
 from jaxtrain.checkpoint.errors import CheckpointMismatchError, CheckpointWriteError
 from jaxtrain.checkpoint.verify import check_checksums, has_checksums
 from jaxtrain.checkpoint.workdir import checkpoint_dir
@@ -90,6 +91,7 @@ class Checkpointer:
 
     Where it cannot be moved (a read-only directory), it stays and is skipped.
     """
+    orphaned_reads.ignore_after_set_aside()  # reported here, once
     path = epath.Path(self.directory) / str(step)  # epath: local or gs://
     aside = path.with_name(f"{step}.corrupt")
     while aside.exists():
