@@ -2,6 +2,7 @@
 outside it."""
 import os
 import re
+import shutil
 import subprocess
 
 
@@ -32,6 +33,37 @@ def test_ci_runs_the_readme_command_in_a_temporary_clone_it_removes(tmp_path):
   assert clone.startswith(str(tmp_path))  # a clone, not this checkout
   assert os.listdir(tmp_path) == []  # removed at the end
   assert _status() == before  # this checkout: nothing created, changed or deleted
+
+
+def _repo_with_test_command(path, command):
+  """A throwaway git repository holding this `.ci/run` and a README whose test
+  command is `command`."""
+  os.makedirs(os.path.join(path, ".ci"))
+  shutil.copy(CI, os.path.join(path, ".ci", "run"))
+  with open(os.path.join(path, "README.md"), "w", encoding="utf-8") as f:
+    f.write(f"Run the test suite:\n\n```bash\n{command}\n```\n")
+  git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com"]
+  for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "x"]):
+    subprocess.run(git + args, cwd=path, check=True, capture_output=True)
+  return os.path.join(path, ".ci", "run")
+
+
+def test_ci_exits_with_the_test_commands_status_and_reports_time_and_load(
+    tmp_path):
+  # A failing suite must fail CI: the status printed and returned is the
+  # command's own, not the timing line's.
+  ci = _repo_with_test_command(str(tmp_path / "repo"), "echo ran; exit 3")
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  proc = subprocess.run(["bash", ci], env=dict(os.environ, TMPDIR=str(scratch)),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 3, proc.stderr
+  assert proc.stdout == "ran\n"
+  assert re.search(r"^\+ \d+ cores, load average \S+ \S+ \S+ at ", proc.stderr,
+                   re.M), proc.stderr
+  assert re.search(r"^\+ exit status 3 after \d+ s, load average ", proc.stderr,
+                   re.M), proc.stderr
+  assert os.listdir(scratch) == []  # the clone is removed after a failure too
 
 
 def test_ci_script_passes_shellcheck(shellcheck):
